@@ -1,0 +1,173 @@
+"""``fieldtrace collect``: run a KB profile on devices into one encrypted bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.job import JobResult
+    from agent.runner import PlannedStep, StepResult
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "collect", help="collect from devices into an encrypted bundle",
+        description="Collect evidence from devices, following the KB profile of each device's "
+        "type, into one scrubbed, signed and encrypted bundle that goes to the outbox.",
+    )  # fmt: skip
+    p.add_argument(
+        "devices",
+        nargs="*",
+        metavar="DEVICE",
+        help="devices to collect from (default: every configured device)",
+    )
+    p.add_argument("-p", "--profile", help="KB profile (problem type); default: 'default'")
+    p.add_argument("-t", "--ticket", help="HelpDesk ticket the bundle belongs to")
+    p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write the bundle to PATH (a file or a directory) instead of the outbox",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(handler=run)
+
+
+class Progress:
+    """A rich progress display on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._p: Any = None
+        self._task: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            self._p = Progress(
+                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[current]}"), console=Console(stderr=True),
+                transient=True,
+            )  # fmt: skip
+            self._p.start()
+        self._running: dict[str, str] = {}
+
+    def phase(self, name: str, total: int = 0) -> None:
+        if self._p is None:
+            return
+        if self._task is not None:
+            self._p.remove_task(self._task)
+        self._task = self._p.add_task(name, total=total or None, current="")
+
+    def advance(self, n: int) -> None:
+        if self._p is not None and self._task is not None:
+            self._p.advance(self._task, n)
+
+    def step(self, event: str, ps: PlannedStep, result: StepResult | None) -> None:
+        if self._p is None or self._task is None:
+            return
+        key = f"{ps.device.name}/{ps.step.id}"
+        if event == "start":
+            self._running[key] = key
+        else:
+            self._running.pop(key, None)
+            self._p.advance(self._task, 1)
+        self._p.update(self._task, current=", ".join(list(self._running)[:3]))
+
+    def stop(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.cli.common import emit_json, settings
+    from agent.job import JobRequest, execute, prepare
+
+    loaded = settings(args)
+    request = JobRequest(
+        devices=tuple(args.devices), profile=args.profile, ticket=args.ticket,
+        output=Path(args.output) if args.output else None,
+    )  # fmt: skip
+    prep = prepare(loaded, request)
+    if args.dry_run:
+        plan = prep.plan.describe()
+        if args.json:
+            emit_json({"config": loaded.source, "profile": prep.plan.profile, "steps": plan})
+        else:
+            _print_plan(loaded.source, prep.plan.profile, plan)
+        return 0
+    progress = Progress(sys.stderr.isatty() and not args.json)
+    t0 = time.monotonic()
+    try:
+        result = execute(prep, progress)
+    finally:
+        progress.stop()
+    elapsed = time.monotonic() - t0
+    if args.json:
+        emit_json(_json_result(result, prep.home, elapsed))
+    else:
+        _print_result(result, prep.home, elapsed, len(prep.recipients) - 1)
+    return result.exit_code
+
+
+def _print_plan(source: str, profile: str, plan: list[dict[str, Any]]) -> None:
+    print(f"plan for profile '{profile}' (config: {source}); nothing will be touched")
+    for s in plan:
+        opts = " ".join(f"{k}={v!r}" for k, v in s["options"].items())
+        skip = f"  [skipped: {s['skip']}]" if s["skip"] else ""
+        print(f"  {s['device']}/{s['step']:<14} {s['collector']:<14} {opts}  "
+              f"(deadline {s['deadline_s']:g}s){skip}")  # fmt: skip
+
+
+def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any]:
+    d = result.delivery
+    return {
+        "exit_code": result.exit_code,
+        "bundle": str(result.bundle) if result.bundle else None,
+        "bundle_id": result.bundle_id,
+        "job_id": result.job_id,
+        "seconds": round(elapsed, 3),
+        "summary": result.manifest["summary"],
+        "interrupted": result.interrupted,
+        "scrubbed": result.counts,
+        "identity": str(home / "identity.txt"),
+        "signer": result.manifest["signer"],
+        "delivery": None if d is None else {"outcome": d.outcome, "message": d.message},
+        "steps": [{"device": r.device, "id": r.step, "status": r.status, "error": r.error}
+                  for r in result.results],
+    }  # fmt: skip
+
+
+def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipients: int) -> None:
+    from agent.cli.common import human_size
+
+    s = result.manifest["summary"]
+    devices = ", ".join(result.manifest["job"]["devices"])
+    counts = ", ".join(f"{k} {v}" for k, v in s.items() if k != "steps")
+    print(f"collected {s['steps']} steps from {devices} in {elapsed:.1f}s: {counts}")
+    if result.interrupted:
+        print("  interrupted: steps not yet run were skipped; what was collected is bundled")
+    for r in result.results:
+        if r.status in ("failed", "timeout", "partial"):
+            print(f"  {r.device}/{r.step}: {r.status}: {r.error}")
+    if result.counts:
+        total = sum(result.counts.values())
+        print(f"scrubbed {total} secret(s): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))  # fmt: skip
+    assert result.bundle is not None and result.pack is not None
+    who = f"{vendor_recipients} vendor key(s) + this site's identity" if vendor_recipients \
+        else "this site's identity only (no [vendor] recipients configured)"  # fmt: skip
+    print(f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to "
+          f"{who})")  # fmt: skip
+    d = result.delivery
+    if d is not None and d.outcome != "sent":
+        print(f"delivery: {d.outcome}: {d.message} (queued in the outbox; "
+              "'fieldtrace outbox deliver' retries)")  # fmt: skip
+    ident = home / "identity.txt"
+    print(f"open it:  fieldtrace bundle open {result.bundle}")
+    print(f"   or:    age -d -i {ident} {result.bundle} | tar --zstd -x")
+    print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")

@@ -1,0 +1,107 @@
+"""``fieldtrace kb list|show|validate``: the knowledge base."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("kb", help="list, show and validate KB device types")
+    ksub = p.add_subparsers(dest="kb_command", metavar="ACTION", required=True)
+    ls = ksub.add_parser("list", help="device types and their profiles")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=run_list)
+    show = ksub.add_parser("show", help="one device type: transport, remote access, profiles")
+    show.add_argument("type")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=run_show)
+    val = ksub.add_parser("validate", help="validate KB files (default: the whole KB)")
+    val.add_argument("files", nargs="*", metavar="FILE")
+    val.add_argument("--json", action="store_true")
+    val.set_defaults(handler=run_validate)
+
+
+def _kb(args: argparse.Namespace) -> Any:
+    from agent.cli.common import settings
+    from agent.kb import load_kb
+
+    return load_kb(settings(args).settings.kb.paths)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from agent.cli.common import emit_json
+
+    kb = _kb(args)
+    rows = [{"type": t.type, "title": t.title, "source": t.source,
+             "profiles": sorted(t.profiles)} for t in sorted(kb.types.values(),
+                                                            key=lambda t: t.type)]  # fmt: skip
+    if args.json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['type']:<20} {r['title']}\n{'':<20} profiles: {', '.join(r['profiles'])}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from agent.cli.common import emit_json
+
+    t = _kb(args).get(args.type)
+    data = {
+        "type": t.type, "title": t.title, "description": t.description, "version": t.version,
+        "source": t.source, "sha256": t.sha256, "ssh": t.ssh.model_dump() if t.ssh else None,
+        "remote_access": [r.model_dump() for r in t.remote_access],
+        "profiles": {
+            name: {"title": p.title, "description": p.description,
+                   "steps": [{"id": s.id, "collector": s.collector, **s.options_dict()}
+                             for s in p.steps]}
+            for name, p in t.profiles.items()
+        },
+    }  # fmt: skip
+    if args.json:
+        emit_json(data)
+        return 0
+    print(f"{t.type}: {t.title}  (version {t.version or '-'}, {t.source})")
+    if t.description:
+        print(f"  {t.description.strip()}")
+    for r in t.remote_access:
+        print(f"  remote access: {r.port}/{r.protocol} {r.purpose}")
+    for name, p in t.profiles.items():
+        print(f"\n  profile {name}: {p.title}")
+        for s in p.steps:
+            opts = " ".join(f"{k}={v!r}" for k, v in s.options_dict().items())
+            print(f"    {s.id:<14} {s.collector:<14} {opts}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from agent.cli.common import emit_json
+    from agent.errors import ConfigError
+    from agent.kb import load_kb_file
+
+    if not args.files:
+        kb = _kb(args)
+        if args.json:
+            emit_json({"ok": True, "types": sorted(kb.types)})
+        else:
+            print(f"KB ok: {len(kb.types)} device type(s): {', '.join(sorted(kb.types))}")
+        return 0
+    problems: list[str] = []
+    for f in args.files:
+        path = Path(f)
+        if not path.is_file():
+            problems.append(f"{f}: file not found")
+            continue
+        try:
+            load_kb_file(path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if args.json:
+        emit_json({"ok": not problems, "problems": problems})
+    elif not problems:
+        print(f"{len(args.files)} KB file(s) ok")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return 0

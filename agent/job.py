@@ -1,0 +1,340 @@
+"""A collection job, end to end: plan -> run -> scrub -> manifest -> bundle -> outbox.
+
+The CLI, and later the scheduler and remote requests, all call ``prepare`` then ``execute``.
+``prepare`` validates everything (config, KB, devices, profile, recipients, keys) and
+touches no device; ``execute`` does the work. Plaintext artifacts exist only in a private
+staging directory that is removed when the job ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import logging
+import os
+import shutil
+import socket
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
+from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
+from agent.kb import KnowledgeBase, load_kb
+from agent.keys import SigningKey, home, load_identity, load_signing_key
+from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
+from agent.scrub import Scrubber
+from agent.settings import LoadedSettings, SecretRef, Settings
+from collectors.base import sha256_file
+from uploader.base import DeliveryMeta
+from uploader.directory import DirectoryBackend
+from uploader.outbox import Attempt, Outbox
+
+log = logging.getLogger(__name__)
+FAILED_STATES = {"failed", "timeout", "partial"}
+
+
+class Reporter(Protocol):
+    """Progress hooks; the CLI shows them on a terminal, the daemon logs them."""
+
+    def step(self, event: str, ps: PlannedStep, result: StepResult | None) -> None: ...
+    def phase(self, name: str, total: int = 0) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+class _Silent:
+    def step(self, event: str, ps: PlannedStep, result: StepResult | None) -> None:
+        pass
+
+    def phase(self, name: str, total: int = 0) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    devices: tuple[str, ...] = ()
+    profile: str | None = None
+    ticket: str | None = None
+    trigger: str = "cli"
+    requested_by: str = ""
+    output: Path | None = None
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedSettings
+    kb: KnowledgeBase
+    plan: Plan
+    request: JobRequest
+    home: Path
+    recipients: list[Any]
+    signing_key: SigningKey
+    scrubber: Scrubber
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    bundle_id: str
+    bundle: Path | None
+    manifest: dict[str, Any]
+    results: list[StepResult]
+    pack: PackStats | None = None
+    delivery: Attempt | None = None
+    interrupted: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        bad = any(r.status in FAILED_STATES for r in self.results)
+        return EXIT_PARTIAL if bad or self.interrupted else EXIT_OK
+
+
+def requester() -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def site_recipients(settings: Settings, base: Path) -> list[Any]:
+    """The vendor's recipients plus the site identity (so the site can open its bundles)."""
+    import pyrage
+
+    out: list[Any] = []
+    for i, r in enumerate(settings.vendor.recipients):
+        try:
+            out.append(
+                pyrage.x25519.Recipient.from_str(r)
+                if r.startswith("age1")
+                else pyrage.ssh.Recipient.from_str(r)
+            )
+        except Exception as exc:  # validated at load; kept as a guard
+            raise ConfigError(f"vendor.recipients[{i}]: invalid recipient: {exc}") from None
+    ident = load_identity(base)
+    out.append(ident.to_public())  # type: ignore[attr-defined]
+    return out
+
+
+def _secret_literals(settings: Settings) -> list[str]:
+    """Every secret value the site config names, so it can be masked wherever it shows up."""
+    refs: list[SecretRef] = list(settings.scrub.values)
+    values = [r.resolve() for r in refs]  # explicit scrub values must resolve
+    for dev in settings.devices:
+        for ref in (
+            dev.ssh.password if dev.ssh else None,
+            dev.snmp.community if dev.snmp else None,
+            dev.snmp.auth_key if dev.snmp else None,
+            dev.snmp.priv_key if dev.snmp else None,
+        ):
+            if ref is not None:
+                with contextlib.suppress(ConfigError):  # the step using it reports it
+                    values.append(ref.resolve())
+    return values
+
+
+def load_context(loaded: LoadedSettings) -> KnowledgeBase:
+    return load_kb(loaded.settings.kb.paths)
+
+
+def prepare(
+    loaded: LoadedSettings, request: JobRequest, kb: KnowledgeBase | None = None
+) -> Prepared:
+    """Validate the whole job; raises ConfigError (exit 2) before anything is touched."""
+    settings = loaded.settings
+    kb = kb or load_context(loaded)
+    devices = select_devices(settings, list(request.devices))
+    profile = request.profile or settings.collect.default_profile
+    plan = make_plan(settings, kb, devices, profile)
+    base = home()
+    if request.output is not None and request.output.exists() and not request.output.is_dir():
+        raise ConfigError(f"--output {request.output}: a file of that name exists already")
+    return Prepared(
+        loaded=loaded, kb=kb, plan=plan, request=request, home=base,
+        recipients=site_recipients(settings, base), signing_key=load_signing_key(base),
+        scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
+    )  # fmt: skip
+
+
+def bundle_name(settings: Settings, plan: Plan, when: datetime, bundle_id: str) -> str:
+    device = plan.devices[0].name if len(plan.devices) == 1 else "multi"
+    stamp = when.strftime("%Y%m%dT%H%M%SZ")
+    return f"{settings.site_slug()}-{device}-{plan.profile}-{stamp}-{bundle_id[:8]}{SUFFIX}"
+
+
+class _Staging:
+    """A private (0700) staging directory, locked while in use, always removed."""
+
+    def __init__(self, base: Path, job_id: str) -> None:
+        self.root = base / "staging"
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._sweep()
+        self.path = self.root / job_id
+        self.path.mkdir(mode=0o700)
+        self._lock = open(self.path / ".lock", "w")  # noqa: SIM115
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _sweep(self) -> None:
+        """Remove staging dirs left by a job that was killed (their lock is free)."""
+        for d in self.root.iterdir():
+            lock = d / ".lock"
+            try:
+                with open(lock, "a") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another job is running
+            except OSError:
+                pass
+            log.warning("removing staging left by an interrupted job: %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.close()
+
+
+def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
+    rep = reporter or _Silent()
+    settings = prep.settings
+    job_id = uuid.uuid4().hex
+    bundle_id = uuid.uuid4().hex
+    created = datetime.now(UTC)
+    staging = _Staging(prep.home, job_id)
+    try:
+        runner = Runner(prep.plan, staging.path, settings.collect.max_parallel_devices, rep.step)
+        rep.phase("collect", len(prep.plan.steps))
+        started = utcnow()
+        results = runner.run()
+        finished = utcnow()
+        rep.phase("scrub", len(results))
+        counts = _scrub_and_hash(prep.scrubber, staging.path, results, rep)
+        manifest = build_manifest(prep, job_id, bundle_id, created, started, finished, results,
+                                  runner.interrupted)  # fmt: skip
+        name = bundle_name(settings, prep.plan, created, bundle_id)
+        result = JobResult(job_id, bundle_id, None, manifest, results,
+                           interrupted=runner.interrupted, counts=counts)  # fmt: skip
+        total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
+        rep.phase("pack", total)
+        if prep.request.output is not None:
+            out = prep.request.output
+            dest = out / name if out.is_dir() else out
+            result.pack = write_bundle(dest, name.removesuffix(SUFFIX), manifest, staging.path,
+                                       prep.signing_key, prep.recipients, created.timestamp(),
+                                       rep.advance)  # fmt: skip
+            result.bundle = dest
+            return result
+        outbox = Outbox(prep.home / "outbox")
+        tmp = outbox.tmp_dir() / name
+        result.pack = write_bundle(tmp, name.removesuffix(SUFFIX), manifest, staging.path,
+                                   prep.signing_key, prep.recipients, created.timestamp(),
+                                   rep.advance)  # fmt: skip
+        meta = DeliveryMeta(
+            bundle_id=bundle_id, name=name, size=result.pack.encrypted_bytes,
+            sha256=sha256_file(tmp), ticket=prep.request.ticket,
+            company=settings.site.company, contract=settings.site.contract,
+            contact_email=settings.site.contact_email,
+            devices=tuple(d.name for d in prep.plan.devices), profile=prep.plan.profile,
+            summary=summary_text(manifest), created=created.isoformat(),
+        )  # fmt: skip
+        item = outbox.put(tmp, meta)
+        result.bundle = item.bundle
+        rep.phase("deliver")
+        target = settings.helpdesk.path or outbox.default_delivery_dir
+        for attempt in outbox.deliver(DirectoryBackend(target)):
+            if attempt.item.name == name:
+                result.delivery = attempt
+                if attempt.receipt is not None:
+                    result.bundle = Path(attempt.receipt.location)
+        return result
+    finally:
+        staging.remove()
+
+
+def _scrub_and_hash(scrubber: Scrubber, staging: Path, results: list[StepResult],
+                    rep: Reporter) -> dict[str, int]:  # fmt: skip
+    totals: Counter[str] = Counter()
+    for res in results:
+        for art in res.artifacts:
+            path = staging / art.path
+            try:
+                counts = scrubber.scrub_file(path)
+            except OSError as exc:
+                raise RuntimeFailure(f"scrubbing {art.path} failed: {exc.strerror}") from exc
+            art.scrubbed = counts or {}
+            totals.update(art.scrubbed)
+            art.sha256 = sha256_file(path)
+            art.size = path.stat().st_size
+        rep.advance(1)
+    return dict(totals)
+
+
+def build_manifest(
+    prep: Prepared,
+    job_id: str,
+    bundle_id: str,
+    created: datetime,
+    started: str,
+    finished: str,
+    results: list[StepResult],
+    interrupted: bool,
+) -> dict[str, Any]:
+    settings = prep.settings
+    statuses = Counter(r.status for r in results)
+    kb_used = {ps.kbtype.type: ps.kbtype for ps in prep.plan.steps}
+    devices = []
+    for d in prep.plan.devices:
+        st = [r.status for r in results if r.device == d.name]
+        worst = next((s for s in ("failed", "timeout", "partial") if s in st), "ok")
+        devices.append({"name": d.name, "type": d.type, "address": d.address, "status": worst})
+    return {
+        "format": FORMAT,
+        "bundle_id": bundle_id,
+        "agent": {"name": "fieldtrace", "version": __version__, "host": socket.gethostname()},
+        "site": {"company": settings.site.company, "contract": settings.site.contract,
+                 "contact_email": settings.site.contact_email, "slug": settings.site_slug()},
+        "job": {"id": job_id, "trigger": prep.request.trigger,
+                "requested_by": prep.request.requested_by or requester(),
+                "ticket": prep.request.ticket, "profile": prep.plan.profile,
+                "devices": [d.name for d in prep.plan.devices],
+                "created": created.isoformat().replace("+00:00", "Z"),
+                "started": started, "finished": finished, "interrupted": interrupted},
+        "kb": {t: {"title": k.title, "version": k.version, "sha256": k.sha256,
+                   "source": k.source, "profile": prep.plan.profile} for t, k in kb_used.items()},
+        "devices": devices,
+        "steps": [
+            {"device": r.device, "id": r.step, "collector": r.collector, "options": r.options,
+             "status": r.status, "error": r.error, "started": r.started,
+             "finished": r.finished, "seconds": r.seconds, "facts": r.facts,
+             "artifacts": [{"path": a.path, "size": a.size, "sha256": a.sha256,
+                            "truncated": a.truncated, "scrubbed": a.scrubbed}
+                           for a in r.artifacts]}
+            for r in results
+        ],
+        "summary": {"steps": len(results), **dict(sorted(statuses.items()))},
+        "signer": prep.signing_key.fingerprint(),
+    }  # fmt: skip
+
+
+def summary_text(manifest: dict[str, Any]) -> str:
+    """A short human summary for tickets and messages: what was collected, what failed."""
+    s = manifest["summary"]
+    job = manifest["job"]
+    lines = [
+        f"fieldtrace bundle {manifest['bundle_id'][:8]}: profile {job['profile']} on "
+        f"{', '.join(job['devices'])}; {s['steps']} steps "
+        + ", ".join(f"{k} {v}" for k, v in s.items() if k != "steps")
+    ]
+    for st in manifest["steps"]:
+        if st["status"] in FAILED_STATES:
+            lines.append(f"- {st['device']}/{st['id']}: {st['status']}: {st['error']}")
+    return "\n".join(lines)

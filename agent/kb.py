@@ -1,0 +1,253 @@
+"""The knowledge base: one YAML file per device type, validated completely at load.
+
+Shipped types live in ``config/kb/`` (package data); ``[kb] paths`` in the site config add
+directories whose types replace shipped ones of the same name. Every problem is reported as
+``file: path.to[2].field: reason``; a KB with any problem is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError, ValidationFailed, format_path, pydantic_problems
+from collectors import registry
+from collectors.base import Options, parse_duration
+
+STEP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TYPE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# keys of a step that belong to the runner, not to the collector's options
+STEP_KEYS = {"id", "collector", "title", "deadline"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+class SshHints(_Model):
+    """How to talk to the device over SSH (used by the ssh.* collectors)."""
+
+    mode: Literal["exec", "shell"] = "exec"
+    prompt: str | None = None
+    on_open: list[str] = []
+    failure_strings: list[str] = []
+    pager: str | None = None
+
+    _check_prompt = field_validator("prompt", "pager")(_regex)
+
+
+class RemoteAccess(_Model):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    purpose: str = ""
+
+
+class _ProfileModel(_Model):
+    title: str
+    description: str = ""
+    steps: list[dict[str, Any]] = Field(min_length=1)
+
+
+class _KbModel(_Model):
+    type: str = Field(pattern=TYPE_RE)
+    title: str
+    description: str = ""
+    version: str = ""
+    ssh: SshHints | None = None
+    remote_access: list[RemoteAccess] = []
+    profiles: dict[str, _ProfileModel] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated KB step: which collector, with which options, and its deadline."""
+
+    id: str
+    collector: str
+    options: Options
+    title: str = ""
+    deadline: float | None = None
+
+    def options_dict(self) -> dict[str, Any]:
+        return self.options.model_dump(mode="json", exclude_defaults=True)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    title: str
+    description: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class KbType:
+    type: str
+    title: str
+    description: str
+    version: str
+    sha256: str
+    source: str
+    remote_access: tuple[RemoteAccess, ...]
+    profiles: dict[str, Profile]
+    ssh: SshHints | None = None
+
+    def hints(self) -> dict[str, Any]:
+        """What collectors may know of the type (transport hints), JSON-able."""
+        return {"type": self.type, "ssh": self.ssh.model_dump() if self.ssh else None}
+
+
+@dataclass
+class KnowledgeBase:
+    types: dict[str, KbType] = field(default_factory=dict)
+
+    def get(self, name: str) -> KbType:
+        try:
+            return self.types[name]
+        except KeyError:
+            known = ", ".join(sorted(self.types)) or "none"
+            raise ConfigError(f"unknown KB type {name!r} (known: {known})") from None
+
+
+def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) -> Step | None:
+    where = format_path(loc)
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping like {{id: ..., collector: ...}}")
+        return None
+    step_id, name = raw.get("id"), raw.get("collector")
+    ok = True
+    if not isinstance(step_id, str) or not STEP_ID_RE.match(step_id):
+        problems.append(
+            f"{where}.id: expected a short lowercase id like 'version' (letters, digits, - _), "
+            f"got {step_id!r}"
+        )
+        ok = False
+    if not isinstance(name, str):
+        problems.append(f"{where}.collector: required key is missing")
+        return None
+    try:
+        collector = registry.get(name)
+    except KeyError:
+        problems.append(
+            f"{where}.collector: unknown collector {name!r} (known: {', '.join(registry.names())})"
+        )
+        return None
+    deadline = None
+    if "deadline" in raw:
+        try:
+            deadline = parse_duration(raw["deadline"])
+        except ValueError as exc:
+            problems.append(f"{where}.deadline: {exc}")
+            ok = False
+    opts = {k: v for k, v in raw.items() if k not in STEP_KEYS}
+    try:
+        options = collector.Options.model_validate(opts)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, loc))
+        return None
+    if not ok:
+        return None
+    assert isinstance(step_id, str)
+    return Step(step_id, name, options, str(raw.get("title", "")), deadline)
+
+
+def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:
+    """Validate one KB file's text; ValidationFailed lists every problem found."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValidationFailed(source, [f"{where}not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ValidationFailed(source, ["expected a mapping with type, title and profiles"])
+    try:
+        model = _KbModel.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(source, pydantic_problems(exc)) from None
+    problems: list[str] = []
+    if expected_type is not None and model.type != expected_type:
+        problems.append(
+            f"type: {model.type!r} does not match the file name; name the file {model.type}.yaml"
+        )
+    profiles: dict[str, Profile] = {}
+    for pname, prof in model.profiles.items():
+        if not STEP_ID_RE.match(pname):
+            problems.append(f"profiles.{pname}: profile names are lowercase letters, digits, - _")
+        steps: list[Step] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(prof.steps):
+            step = _validate_step(raw, ("profiles", pname, "steps", i), problems)
+            if step is None:
+                continue
+            if step.id in seen:
+                problems.append(
+                    f"profiles.{pname}.steps[{i}].id: duplicate step id {step.id!r} in this profile"
+                )
+            seen.add(step.id)
+            steps.append(step)
+        profiles[pname] = Profile(pname, prof.title, prof.description, tuple(steps))
+    if problems:
+        raise ValidationFailed(source, problems)
+    return KbType(
+        type=model.type, title=model.title, description=model.description,
+        version=model.version, sha256=hashlib.sha256(text.encode()).hexdigest(), source=source,
+        remote_access=tuple(model.remote_access), profiles=profiles, ssh=model.ssh,
+    )  # fmt: skip
+
+
+def load_kb_file(path: Path, display: str | None = None) -> KbType:
+    source = display or str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    return parse_kb(text, source, expected_type=path.stem)
+
+
+def shipped_kb_dir() -> Path:
+    return Path(str(resources.files("config") / "kb"))
+
+
+def _kb_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_kb(site_paths: list[Path] | tuple[Path, ...] = ()) -> KnowledgeBase:
+    """Shipped types, then each site directory in order (same name replaces)."""
+    kb = KnowledgeBase()
+    problems: list[str] = []
+    dirs = [shipped_kb_dir()]
+    for i, d in enumerate(site_paths):
+        if not d.is_dir():
+            raise ConfigError(f"kb.paths[{i}]: {d}: directory not found (fix [kb] paths)")
+        dirs.append(d)
+    for d in dirs:
+        for path in _kb_files(d):
+            try:
+                t = load_kb_file(path)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+            kb.types[t.type] = t
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return kb

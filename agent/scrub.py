@@ -1,0 +1,199 @@
+"""Scrubbing secrets out of text artifacts before anything is packed.
+
+Built-in rules cover password/secret/token assignments in the common config syntaxes
+(``key = v``, ``key: v``, JSON, XML, Cisco-style ``password 7 v``), SNMP communities, PEM
+private keys, bearer/basic authorization, ``user:pass@`` in URLs; the site adds key names
+(``[scrub] keywords``) and literal secret values (``[scrub] values`` and every secret the
+agent resolved). The value is replaced, the key is kept, so an engineer still sees *that* a
+password was configured. Counts per rule go into the manifest; values never do.
+
+Speed: a file is processed in ~1 MiB chunks cut at line ends. Rules only run on the lines
+where a lowercase trigger word occurs (found with ``bytes.find`` on the lowered chunk), so
+ordinary log text costs little more than a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+MASK = b"<scrubbed>"
+CHUNK = 1024 * 1024
+_PEM_MAX = 1024 * 1024  # how far to read ahead for the end of a PEM block
+
+_BUILTIN_KEYS = [
+    "password", "passwd", "passphrase", "pwd", "secret", "token", "api_key", "apikey",
+    "api-key", "access_key", "access-key", "private_key", "private-key", "auth_key",
+    "authkey", "auth-key", "priv_key", "privkey", "credential", "credentials", "psk",
+    "pre-shared-key", "key-string", "authentication-key", "community", "session_key",
+]  # fmt: skip
+_PEM = re.compile(
+    rb"(-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----)(.*?)"
+    rb"(-----END \2PRIVATE KEY\3-----|\Z)",
+    re.DOTALL,
+)
+
+
+def _key_alternation(keys: Iterable[str]) -> bytes:
+    return b"|".join(re.escape(k.encode()) for k in sorted(set(keys), key=len, reverse=True))
+
+
+class Scrubber:
+    """Scrubs secrets from text; thread-safe and reusable for a whole job."""
+
+    def __init__(self, keywords: Iterable[str] = (), literals: Iterable[str] = ()) -> None:
+        keys = [k.lower() for k in (*_BUILTIN_KEYS, *keywords)]
+        alt = _key_alternation(keys)
+        ident = rb"[\w.-]*(?:" + alt + rb")[\w-]*"
+        value = rb"(?:\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*'|[^\s,;&<>\"']+)"
+        flags = re.IGNORECASE
+        self._rules: list[tuple[str, re.Pattern[bytes], int]] = [
+            # scheme://user:PASS@host
+            ("url_credentials",
+             re.compile(rb"([a-z][a-z0-9+.-]*://[^\s:/@]+:)([^\s@/]+)(?=@)", flags), 2),
+            # Authorization: Bearer X / Basic X, bare "Bearer X"
+            ("authorization",
+             re.compile(rb"(authorization\"?\s*[:=]\s*\"?(?:bearer|basic|token|digest|"
+                        rb"apikey)?\s*)([^\s\"]+)", flags), 2),
+            ("authorization", re.compile(rb"(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})", flags), 2),
+            # XML <password>X</password>
+            ("password", re.compile(rb"(<(" + ident + rb")(?:\s[^>]*)?>)([^<]+)(?=</)", flags), 3),
+            # JSON list of argv: "--password", "X"
+            ("password", re.compile(rb"(\"-{1,2}" + ident + rb"\",\s*)(\"[^\"]*\")", flags), 2),
+            # key = value, key: value, "key": "value", --key=value
+            ("password",
+             re.compile(rb"((?<![\w-])\"?" + ident + rb"\"?\s*(?:=|:(?!//))\s*)(" + value + rb")",
+                        flags), 2),
+            # net-snmp: rocommunity X, com2sec NAME SOURCE X; snmp CLI tools: -c X
+            ("community",
+             re.compile(rb"(^\s*(?:[rw][ow]community6?|trapcommunity)\s+)(\S+)", flags | re.M), 2),
+            ("community", re.compile(rb"(^\s*com2sec6?\s+(?:-Cn\s+\S+\s+)?\S+\s+\S+\s+)(\S+)",
+                                     flags | re.M), 2),
+            ("community", re.compile(rb"(\bsnmp\w*\b[^\n]*?\s-c\s*)(\S+)", flags), 2),
+            # device CLI: [words] password|secret|key-string|community [type] VALUE
+            ("password",
+             re.compile(rb"(^[ \t]*(?:\S+[ \t]+){0,4}?(?:" + alt + rb")(?:[ \t]+(?:[05789]|md5|"
+                        rb"sha|ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
+                        flags | re.M), 2),
+        ]  # fmt: skip
+        self._triggers = sorted({k for k in keys} | {"bearer", "authorization", "://", "snmp",
+                                                      "com2sec", "community"})  # fmt: skip
+        self._trigger_bytes = [t.encode() for t in self._triggers]
+        self._literals = sorted(
+            {s.encode() for s in literals if len(s) >= 4}, key=len, reverse=True
+        )
+
+    # --- text -----------------------------------------------------------------------------
+
+    def scrub_bytes(self, data: bytes, counts: Counter[str] | None = None) -> bytes:
+        """Scrub one chunk (whole lines); adds what it replaced to ``counts``."""
+        counts = counts if counts is not None else Counter()
+        for lit in self._literals:
+            n = data.count(lit)
+            if n:
+                data = data.replace(lit, MASK)
+                counts["value"] += n
+        lower = data.lower()
+        if b"private key" in lower:
+            data, n = _PEM.subn(rb"\1\n<scrubbed private key>\n\5", data)
+            if n:
+                counts["private_key"] += n
+                lower = data.lower()
+        spans = self._trigger_lines(data, lower)
+        if not spans:
+            return data
+        out: list[bytes] = []
+        pos = 0
+        for start, end in spans:
+            out.append(data[pos:start])
+            out.append(self._scrub_line(data[start:end], counts))
+            pos = end
+        out.append(data[pos:])
+        return b"".join(out)
+
+    def _trigger_lines(self, data: bytes, lower: bytes) -> list[tuple[int, int]]:
+        starts: set[int] = set()
+        for trig in self._trigger_bytes:
+            i = lower.find(trig)
+            while i != -1:
+                ls = data.rfind(b"\n", 0, i) + 1
+                starts.add(ls)
+                le = data.find(b"\n", i)
+                if le == -1:
+                    break
+                i = lower.find(trig, le)
+        spans = []
+        for ls in sorted(starts):
+            le = data.find(b"\n", ls)
+            spans.append((ls, len(data) if le == -1 else le))
+        return spans
+
+    def _scrub_line(self, line: bytes, counts: Counter[str]) -> bytes:
+        for rule, pattern, group in self._rules:
+
+            def repl(m: re.Match[bytes], group: int = group) -> bytes:
+                if m.group(group) == MASK or m.group(group).strip(b"\"'") == MASK:
+                    return m.group(0)
+                return m.group(0)[: m.start(group) - m.start(0)] + MASK
+
+            line, n = pattern.subn(repl, line)
+            if n:
+                counts[rule] += n
+        return line
+
+    # --- files ----------------------------------------------------------------------------
+
+    def scrub_file(self, path: Path) -> dict[str, int] | None:
+        """Scrub a text file in place (atomically); None if it looks binary."""
+        with open(path, "rb") as src:
+            head = src.read(8192)
+            if b"\x00" in head:
+                return None
+            src.seek(0)
+            counts: Counter[str] = Counter()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scrub-")
+            try:
+                with os.fdopen(fd, "wb") as dst:
+                    for chunk in _line_chunks(src):
+                        dst.write(self.scrub_bytes(chunk, counts))
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return {k: v for k, v in sorted(counts.items()) if v}
+
+
+def _line_chunks(src: object) -> Iterable[bytes]:
+    """~1 MiB pieces cut after a newline; a PEM private key block is never cut."""
+    read = src.read  # type: ignore[attr-defined]
+    rest = b""
+    while True:
+        block = read(CHUNK)
+        if not block:
+            if rest:
+                yield rest
+            return
+        data = rest + block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) < 4 * CHUNK:
+                rest = data
+                continue
+            cut = len(data)  # a very long line: cut anyway
+        # keep an unterminated PEM private key block together with its end
+        begin = data.rfind(b"-----BEGIN", 0, cut)
+        if (
+            begin != -1
+            and b"PRIVATE KEY" in data[begin : begin + 64]
+            and data.find(b"-----END", begin) == -1
+        ):
+            extra = read(_PEM_MAX)
+            data += extra
+            end = data.find(b"-----END", begin)
+            cut = len(data) if end == -1 else (data.find(b"\n", end) + 1 or len(data))
+        yield data[:cut]
+        rest = data[cut:]

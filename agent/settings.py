@@ -1,0 +1,293 @@
+"""The site config (``fieldtrace.toml``): pydantic models, lookup order, embedded default.
+
+Every model forbids unknown keys. Secrets are references, ``{file = "..."}`` or
+``{env = "NAME"}``, resolved only when used and never logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError, ValidationFailed, pydantic_problems
+from collectors.base import Duration
+
+DEFAULT_PATHS = (Path("fieldtrace.toml"), Path("/etc/fieldtrace/fieldtrace.toml"))
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Model):
+    """A secret held outside the config: ``{file = "/path"}`` or ``{env = "NAME"}``."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_literal(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            raise ValueError(
+                'secrets must be references, not literal values: write { file = "/path" } '
+                'or { env = "VARIABLE" }'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError('give exactly one of file = "/path" or env = "VARIABLE"')
+        return self
+
+    def describe(self) -> str:
+        return f"file {self.file}" if self.file else f"environment variable {self.env}"
+
+    def resolve(self) -> str:
+        """The secret's value (surrounding whitespace stripped); ConfigError if unavailable."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"secret: environment variable {self.env} is not set")
+            return value.strip()
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
+
+
+class Site(Model):
+    company: str = ""
+    contract: str = ""
+    contact_email: str = ""
+
+    @field_validator("contact_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError(f"expected an e-mail address like noc@example.com, got {value!r}")
+        return value
+
+
+def _check_recipient(value: str) -> str:
+    import pyrage
+
+    value = value.strip()
+    try:
+        if value.startswith("age1"):
+            pyrage.x25519.Recipient.from_str(value)
+        elif value.startswith("ssh-"):
+            pyrage.ssh.Recipient.from_str(value)
+        else:
+            raise ValueError("unknown kind")
+    except Exception as exc:
+        raise ValueError(
+            f"not a valid age recipient ({exc}): expected 'age1...' (from age-keygen -y) "
+            f"or an 'ssh-ed25519 ...' public key, got {value[:24]!r}"
+        ) from None
+    return value
+
+
+def _check_request_key(value: str) -> str:
+    from agent.keys import parse_public_openssh
+
+    try:
+        parse_public_openssh(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, got {value[:24]!r}") from None
+    return value.strip()
+
+
+class Vendor(Model):
+    support_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    recipients: list[str] = []
+    request_keys: list[str] = []
+
+    @field_validator("support_ips", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            out = []
+            for item in value:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError:
+                    raise ValueError(
+                        f"expected an IP address or CIDR like 198.51.100.7/32, got {item!r}"
+                    ) from None
+            return out
+        return value
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return [_check_recipient(v) for v in value]
+
+    @field_validator("request_keys")
+    @classmethod
+    def _request_keys(cls, value: list[str]) -> list[str]:
+        return [_check_request_key(v) for v in value]
+
+
+class DirectoryHelpdesk(Model):
+    """Air-gapped delivery: bundles are copied into ``path`` (default: the local outbox)."""
+
+    backend: Literal["directory"] = "directory"
+    path: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        backend = data.get("backend", "directory") if isinstance(data, dict) else "directory"
+        if backend != "directory":
+            raise ValueError(
+                f"backend {backend!r} is not available in this version of fieldtrace "
+                "(available: directory)"
+            )
+        return data
+
+
+class Kb(Model):
+    paths: list[Path] = []
+
+
+class Ssh(Model):
+    port: int = Field(22, ge=1, le=65535)
+    username: str
+    key: SecretRef | None = None
+    password: SecretRef | None = None
+    jump: str | None = None
+    timeout: Duration = 10.0
+
+
+class Snmp(Model):
+    port: int = Field(161, ge=1, le=65535)
+    version: Literal["1", "2c", "3"] = "2c"
+    community: SecretRef | None = None
+    username: str | None = None
+    auth_protocol: Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"] | None = None
+    auth_key: SecretRef | None = None
+    priv_protocol: Literal["DES", "AES", "AES192", "AES256"] | None = None
+    priv_key: SecretRef | None = None
+    timeout: Duration = 2.0
+    retries: int = Field(1, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Snmp:
+        if self.version in ("1", "2c") and self.community is None:
+            raise ValueError(f"SNMP v{self.version} needs community = {{ file = ... }}")
+        if self.version == "3" and not self.username:
+            raise ValueError("SNMP v3 needs username")
+        if self.auth_protocol and self.auth_key is None:
+            raise ValueError("auth_protocol is set but auth_key is missing")
+        if self.priv_protocol and (self.priv_key is None or not self.auth_protocol):
+            raise ValueError("priv_protocol needs priv_key and auth_protocol")
+        return self
+
+
+class Device(Model):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    type: str
+    address: str = "localhost"
+    ssh: Ssh | None = None
+    snmp: Snmp | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.address in ("localhost", "127.0.0.1", "::1", "local")
+
+
+class Scrub(Model):
+    keywords: list[Annotated[str, Field(min_length=2)]] = []
+    values: list[SecretRef] = []
+
+
+class Collect(Model):
+    max_parallel_devices: int = Field(8, ge=1, le=256)
+    default_profile: str = "default"
+
+
+LOCAL_DEVICE = Device(name="local", type="linux-host", address="localhost")
+
+
+class Settings(Model):
+    site: Site = Site()
+    vendor: Vendor = Vendor()
+    helpdesk: DirectoryHelpdesk = DirectoryHelpdesk()
+    kb: Kb = Kb()
+    devices: list[Device] = []
+    scrub: Scrub = Scrub()
+    collect: Collect = Collect()
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, devices: list[Device]) -> list[Device]:
+        seen: set[str] = set()
+        for d in devices:
+            if d.name in seen:
+                raise ValueError(f"device name {d.name!r} is used twice")
+            seen.add(d.name)
+        return devices
+
+    def inventory(self) -> list[Device]:
+        """The configured devices; with none, the implied device ``local`` (this host)."""
+        return list(self.devices) or [LOCAL_DEVICE]
+
+    def site_slug(self) -> str:
+        name = self.site.company or socket.gethostname()
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "site"
+
+
+class LoadedSettings(BaseModel):
+    """Settings plus where they came from (None: the embedded default)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    settings: Settings
+    path: Path | None
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "(embedded default)"
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """``--config``, else ``$FIELDTRACE_CONFIG``, else ./fieldtrace.toml, else /etc/...."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: config file not found")
+        return explicit
+    env = os.environ.get("FIELDTRACE_CONFIG")
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"{env}: config file not found (named by $FIELDTRACE_CONFIG)")
+        return Path(env)
+    return next((p for p in DEFAULT_PATHS if p.is_file()), None)
+
+
+def load_settings(explicit: Path | None = None) -> LoadedSettings:
+    path = find_config(explicit)
+    if path is None:
+        return LoadedSettings(settings=Settings(), path=None)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(str(path), pydantic_problems(exc)) from None
+    return LoadedSettings(settings=settings, path=path)

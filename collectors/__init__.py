@@ -1,0 +1,1 @@
+"""How evidence is gathered: one module per collector family, contract in ``base``."""

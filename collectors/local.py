@@ -1,0 +1,216 @@
+"""Collectors that run on the agent's own host: ``local.command`` and ``local.file``."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from pydantic import Field, field_validator
+
+from collectors.base import (
+    CappedWriter,
+    Collector,
+    DeviceInfo,
+    Duration,
+    Facts,
+    Options,
+    SinkClosed,
+    Size,
+    StepContext,
+    StepFailed,
+    StepPartial,
+    StepSkipped,
+    StepTimeout,
+)
+
+_STDERR_CAP = 1024 * 1024
+
+
+def _pump(src: IO[bytes], dst: CappedWriter | bytearray, cap: int) -> None:
+    """Copy a pipe into a capped writer (or a bytearray), draining past the cap."""
+    while chunk := src.read1(65536):  # type: ignore[attr-defined]
+        if isinstance(dst, bytearray):
+            room = cap - len(dst)
+            if room > 0:
+                dst += chunk[:room]
+        elif not dst.full:
+            with contextlib.suppress(SinkClosed):  # keep draining so the child never blocks
+                dst.write(chunk)
+
+
+class LocalCommandOptions(Options):
+    command: str = Field(min_length=1)
+    timeout: Duration = 60.0
+    max_bytes: Size = 64 * 1024**2
+    ok_exit_codes: tuple[int, ...] = (0,)
+    missing_ok: bool = False
+    output: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, value: str) -> str:
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split command like a shell would: {exc}") from exc
+        if not argv:
+            raise ValueError("command is empty")
+        return value
+
+
+class LocalCommand(Collector):
+    """Run a command on the agent host (argv, no shell) and keep its output."""
+
+    name = "local.command"
+    transport = "local"
+    Options = LocalCommandOptions
+    summary = "run a command on this host (no shell), keep stdout/stderr and exit status"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: LocalCommandOptions) -> Facts:
+        argv = shlex.split(options.command)
+        env = dict(os.environ, LC_ALL="C", LANG="C", TERM="dumb", SYSTEMD_PAGER="", PAGER="cat")
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            if options.missing_ok:
+                raise StepSkipped(f"{argv[0]}: not installed on this host") from exc
+            raise StepFailed(f"{argv[0]}: command not found (is it installed?)") from exc
+        except PermissionError as exc:
+            raise StepFailed(f"{argv[0]}: permission denied") from exc
+        started = time.monotonic()
+        stderr = bytearray()
+        assert proc.stdout is not None and proc.stderr is not None
+        timed_out = False
+        with ctx.sink.open(options.output or "output.txt", options.max_bytes) as out:
+            pumps = [
+                threading.Thread(target=_pump, args=(proc.stdout, out, options.max_bytes)),
+                threading.Thread(target=_pump, args=(proc.stderr, stderr, _STDERR_CAP)),
+            ]
+            for t in pumps:
+                t.start()
+            limit = started + min(options.timeout, ctx.remaining())
+            while proc.poll() is None:
+                if ctx.cancel.is_set() or time.monotonic() >= limit:
+                    timed_out = True
+                    _kill_group(proc)
+                    break
+                time.sleep(0.02)
+            proc.wait()
+            for t in pumps:
+                t.join(timeout=5)
+        if stderr:
+            ctx.sink.write_bytes("stderr.txt", bytes(stderr))
+        facts: Facts = {
+            "argv": argv,
+            "exit_status": proc.returncode,
+            "seconds": round(time.monotonic() - started, 3),
+            "stdout_bytes": out.artifact.size,
+        }
+        if timed_out:
+            raise StepTimeout(
+                f"{argv[0]} still running after {time.monotonic() - started:.1f}s; killed"
+            )
+        if proc.returncode not in options.ok_exit_codes:
+            last = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            detail = f": {last[0][:200]}" if last[0] else ""
+            raise StepFailed(f"exit status {proc.returncode}{detail}")
+        return facts
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class LocalFileOptions(Options):
+    path: str | tuple[str, ...]
+    max_bytes: Size = 16 * 1024**2
+    total_max_bytes: Size = 256 * 1024**2
+    tail: bool = False
+    missing_ok: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for p in (value,) if isinstance(value, str) else value:
+            if not p.startswith("/"):
+                raise ValueError(f"expected an absolute path or glob, got {p!r}")
+        return value
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=/-]")
+
+
+class LocalFile(Collector):
+    """Copy files (globs) from the agent host, each capped, optionally keeping the tail."""
+
+    name = "local.file"
+    transport = "local"
+    Options = LocalFileOptions
+    default_deadline = 120.0
+    summary = "copy files matching globs from this host, with size caps and tail mode"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: LocalFileOptions) -> Facts:
+        patterns = (options.path,) if isinstance(options.path, str) else options.path
+        paths = sorted({p for pat in patterns for p in glob.glob(pat) if os.path.isfile(p)})
+        if not paths:
+            msg = f"no file matches {', '.join(patterns)}"
+            raise StepSkipped(msg) if options.missing_ok else StepFailed(msg)
+        total = 0
+        copied: list[str] = []
+        errors: list[str] = []
+        for src in paths:
+            ctx.check()
+            room = options.total_max_bytes - total
+            if room <= 0:
+                errors.append(f"{src}: not copied, total_max_bytes reached")
+                continue
+            name = "files/" + _UNSAFE.sub("_", src.lstrip("/"))
+            try:
+                total += self._copy(
+                    ctx, Path(src), name, min(options.max_bytes, room), options.tail
+                )
+                copied.append(src)
+            except OSError as exc:
+                errors.append(f"{src}: {exc.strerror or exc}")
+        facts: Facts = {"files": copied, "bytes": total}
+        if errors and not copied:
+            raise StepFailed("; ".join(errors))
+        if errors:
+            raise StepPartial("; ".join(errors), facts)
+        return facts
+
+    @staticmethod
+    def _copy(ctx: StepContext, src: Path, name: str, cap: int, tail: bool) -> int:
+        with open(src, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            skip = size - cap if tail and size > cap else 0
+            if skip:
+                fh.seek(skip)
+                fh.readline()  # start on a whole line
+            with ctx.sink.open(name, cap) as out:
+                while chunk := fh.read(1024 * 1024):
+                    out.write(chunk)
+                    if out.full:
+                        break
+                if skip or (not out.artifact.truncated and fh.read(1)):
+                    out.artifact.truncated = True
+                return out.artifact.size

@@ -1,0 +1,20 @@
+"""The explicit collector registry: every collector fieldtrace knows, by KB name."""
+
+from __future__ import annotations
+
+from collectors.base import Collector
+from collectors.host import HostSnapshot
+from collectors.local import LocalCommand, LocalFile
+
+_COLLECTORS: dict[str, Collector] = {
+    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile())
+}
+
+
+def get(name: str) -> Collector:
+    """The collector registered as ``name``; KeyError if there is none."""
+    return _COLLECTORS[name]
+
+
+def names() -> list[str]:
+    return sorted(_COLLECTORS)

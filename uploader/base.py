@@ -1,0 +1,76 @@
+"""The upload backend contract.
+
+A backend delivers one finished (encrypted) bundle to the HelpDesk:
+``deliver(bundle_path, meta) -> Receipt``.
+
+* It must be idempotent on ``meta.bundle_id``: delivering the same bundle twice (after a
+  crash, a retry) must not create a second attachment; a backend checks what the HelpDesk
+  already has before it uploads or attaches.
+* It says how an error should be handled by raising ``TransientError`` (worth retrying:
+  timeouts, 5xx, connection resets, a full disk that may be freed) or ``PermanentError``
+  (retrying cannot help: bad credentials, unknown ticket, file refused as too large).
+  Anything else it raises is treated as transient and logged as a bug.
+* Retries, backoff and the spool live in the outbox worker, never in a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class DeliveryMeta:
+    """What a backend may know about a bundle besides its bytes."""
+
+    bundle_id: str
+    name: str
+    size: int
+    sha256: str
+    ticket: str | None = None
+    company: str = ""
+    contract: str = ""
+    contact_email: str = ""
+    devices: tuple[str, ...] = ()
+    profile: str = ""
+    summary: str = ""
+    subject: str = ""
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeliveryMeta:
+        data = dict(data)
+        data["devices"] = tuple(data.get("devices", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where the bundle landed (a path, an attachment URL) and on which ticket."""
+
+    backend: str
+    location: str
+    ticket: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(Exception):
+    """Base of backend errors; the message is shown to the user and kept with the item."""
+
+
+class TransientError(DeliveryError):
+    """Retry later (timeouts, 5xx, connection resets, temporarily full disk)."""
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help; the item is parked with this reason for a human."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def deliver(self, bundle_path: Path, meta: DeliveryMeta) -> Receipt: ...
