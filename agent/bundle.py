@@ -247,8 +247,8 @@ def read_bundle(
                 if top is None:
                     top = name.split("/")[0]
                 rel = name[len(top) + 1 :] if name.startswith(top + "/") else None
-                if ti.isdir() and name == top:
-                    continue
+                if ti.isdir() and (name.rstrip("/") == top or (rel and _safe(rel.rstrip("/")))):
+                    continue  # directories carry nothing to verify
                 if rel is None or not ti.isfile() or not _safe(rel):
                     problems.append(f"unexpected member {name!r}")
                     continue

@@ -144,7 +144,10 @@ def _secret_literals(settings: Settings) -> list[str]:
 
 
 def load_context(loaded: LoadedSettings) -> KnowledgeBase:
-    return load_kb(loaded.settings.kb.paths)
+    """The KB with the site's directories, checked against the inventory's device types."""
+    kb = load_kb(loaded.settings.kb.paths, loaded.source)
+    loaded.settings.check_types(kb.types, loaded.source)
+    return kb
 
 
 def prepare(

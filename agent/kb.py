@@ -231,14 +231,16 @@ def _kb_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_kb(site_paths: list[Path] | tuple[Path, ...] = ()) -> KnowledgeBase:
+def load_kb(
+    site_paths: list[Path] | tuple[Path, ...] = (), source: str = "config"
+) -> KnowledgeBase:
     """Shipped types, then each site directory in order (same name replaces)."""
     kb = KnowledgeBase()
     problems: list[str] = []
     dirs = [shipped_kb_dir()]
     for i, d in enumerate(site_paths):
         if not d.is_dir():
-            raise ConfigError(f"kb.paths[{i}]: {d}: directory not found (fix [kb] paths)")
+            raise ConfigError(f"{source}: kb.paths[{i}]: {d}: directory not found (fix [kb] paths)")
         dirs.append(d)
     for d in dirs:
         for path in _kb_files(d):

@@ -135,14 +135,14 @@ class Scrubber:
     def _scrub_line(self, line: bytes, counts: Counter[str]) -> bytes:
         for rule, pattern, group in self._rules:
 
-            def repl(m: re.Match[bytes], group: int = group) -> bytes:
-                if m.group(group) == MASK or m.group(group).strip(b"\"'") == MASK:
-                    return m.group(0)
-                return m.group(0)[: m.start(group) - m.start(0)] + MASK
+            def repl(m: re.Match[bytes], rule: str = rule, group: int = group) -> bytes:
+                if m.group(group).strip(b"\"'") == MASK:
+                    return m.group(0)  # already masked by an earlier rule
+                key = m.group(0)[: m.start(group) - m.start(0)]
+                counts["community" if b"community" in key.lower() else rule] += 1
+                return key + MASK
 
-            line, n = pattern.subn(repl, line)
-            if n:
-                counts[rule] += n
+            line = pattern.sub(repl, line)
         return line
 
     # --- files ----------------------------------------------------------------------------

@@ -14,7 +14,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
 from collectors.base import Duration
@@ -110,8 +118,8 @@ def _check_request_key(value: str) -> str:
 
 class Vendor(Model):
     support_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    recipients: list[str] = []
-    request_keys: list[str] = []
+    recipients: list[Annotated[str, AfterValidator(_check_recipient)]] = []
+    request_keys: list[Annotated[str, AfterValidator(_check_request_key)]] = []
 
     @field_validator("support_ips", mode="before")
     @classmethod
@@ -127,16 +135,6 @@ class Vendor(Model):
                     ) from None
             return out
         return value
-
-    @field_validator("recipients")
-    @classmethod
-    def _recipients(cls, value: list[str]) -> list[str]:
-        return [_check_recipient(v) for v in value]
-
-    @field_validator("request_keys")
-    @classmethod
-    def _request_keys(cls, value: list[str]) -> list[str]:
-        return [_check_request_key(v) for v in value]
 
 
 class DirectoryHelpdesk(Model):
@@ -242,6 +240,15 @@ class Settings(Model):
     def inventory(self) -> list[Device]:
         """The configured devices; with none, the implied device ``local`` (this host)."""
         return list(self.devices) or [LOCAL_DEVICE]
+
+    def check_types(self, known: set[str] | dict[str, object], source: str) -> None:
+        """ConfigError naming the device whose KB type is unknown."""
+        for i, d in enumerate(self.devices):
+            if d.type not in known:
+                raise ConfigError(
+                    f"{source}: devices[{i}].type: unknown KB type {d.type!r} for device "
+                    f"{d.name} (known: {', '.join(sorted(known))}; add a KB file or fix the type)"
+                )
 
     def site_slug(self) -> str:
         name = self.site.company or socket.gethostname()

@@ -17,18 +17,14 @@ def register(sub: Any) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from agent.cli.common import emit_json, settings
     from agent.errors import ConfigError
-    from agent.kb import load_kb
+    from agent.job import load_context
     from agent.runner import make_plan
 
     loaded = settings(args)
     s = loaded.settings
-    kb = load_kb(s.kb.paths)
+    kb = load_context(loaded)
     problems = []
     for i, dev in enumerate(s.inventory()):
-        if dev.type not in kb.types:
-            problems.append(f"devices[{i}].type: unknown KB type {dev.type!r} "
-                            f"(known: {', '.join(sorted(kb.types))})")  # fmt: skip
-            continue
         if s.collect.default_profile in kb.types[dev.type].profiles:
             make_plan(s, kb, [dev], s.collect.default_profile)
         for where, ref in _refs(dev):

@@ -27,7 +27,8 @@ def _kb(args: argparse.Namespace) -> Any:
     from agent.cli.common import settings
     from agent.kb import load_kb
 
-    return load_kb(settings(args).settings.kb.paths)
+    loaded = settings(args)
+    return load_kb(loaded.settings.kb.paths, loaded.source)
 
 
 def run_list(args: argparse.Namespace) -> int:
