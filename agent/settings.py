@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -241,7 +242,7 @@ class Settings(Model):
         """The configured devices; with none, the implied device ``local`` (this host)."""
         return list(self.devices) or [LOCAL_DEVICE]
 
-    def check_types(self, known: set[str] | dict[str, object], source: str) -> None:
+    def check_types(self, known: Collection[str], source: str) -> None:
         """ConfigError naming the device whose KB type is unknown."""
         for i, d in enumerate(self.devices):
             if d.type not in known:
