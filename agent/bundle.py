@@ -150,7 +150,9 @@ def write_bundle(
         if isinstance(exc, OSError | pyrage.EncryptError):
             cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise RuntimeFailure(
-                f"packing the bundle failed: {cause} (writing {dest.parent})"
+                f"packing the bundle failed: {cause} (writing {dest.parent}); nothing was kept: "
+                "the collected data was discarded rather than left unencrypted. Free space or "
+                "fix permissions there and run again"
             ) from exc
         raise
     stats.encrypted_bytes = dest.stat().st_size

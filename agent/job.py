@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -160,13 +161,30 @@ def prepare(
     profile = request.profile or settings.collect.default_profile
     plan = make_plan(settings, kb, devices, profile)
     base = home()
-    if request.output is not None and request.output.exists() and not request.output.is_dir():
-        raise ConfigError(f"--output {request.output}: a file of that name exists already")
+    if request.output is not None:
+        if request.output.exists() and not request.output.is_dir():
+            raise ConfigError(f"--output {request.output}: a file of that name exists already")
+        _check_writable(request.output if request.output.is_dir() else request.output.parent)
+    else:
+        _check_writable(base / "outbox" / "tmp")
     return Prepared(
         loaded=loaded, kb=kb, plan=plan, request=request, home=base,
         recipients=site_recipients(settings, base), signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
     )  # fmt: skip
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse to start collecting when the bundle could not be written anyway."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"{directory}: cannot write bundles there ({exc.strerror or exc}); nothing was "
+            "collected. Fix the outbox (or --output) path or its permissions and run again"
+        ) from None
 
 
 def bundle_name(settings: Settings, plan: Plan, when: datetime, bundle_id: str) -> str:

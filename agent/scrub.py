@@ -49,6 +49,11 @@ class Scrubber:
         keys = [k.lower() for k in (*_BUILTIN_KEYS, *keywords)]
         alt = _key_alternation(keys)
         ident = rb"[\w.-]*(?:" + alt + rb")[\w-]*"
+        # device-CLI forms where a bare "key" is a secret (never "key" alone in prose)
+        cli_alt = alt + (
+            rb"|(?:tacacs|radius)-server[ \t]+key|message-digest-key[ \t]+\d+[ \t]+md5"
+            rb"|key(?=[ \t]+[07][ \t])"
+        )
         value = rb"(?:\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*'|[^\s,;&<>\"']+)"
         flags = re.IGNORECASE
         self._rules: list[tuple[str, re.Pattern[bytes], int]] = [
@@ -76,12 +81,13 @@ class Scrubber:
             ("community", re.compile(rb"(\bsnmp\w*\b[^\n]*?\s-c\s*)(\S+)", flags), 2),
             # device CLI: [words] password|secret|key-string|community [type] VALUE
             ("password",
-             re.compile(rb"(^[ \t]*(?:\S+[ \t]+){0,4}?(?:" + alt + rb")(?:[ \t]+(?:[05789]|md5|"
+             re.compile(rb"(^[ \t]*(?:\S+[ \t]+){0,4}?(?:" + cli_alt + rb")(?:[ \t]+(?:[05789]|md5|"
                         rb"sha|ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
                         flags | re.M), 2),
         ]  # fmt: skip
         self._triggers = sorted({k for k in keys} | {"bearer", "authorization", "://", "snmp",
-                                                      "com2sec", "community"})  # fmt: skip
+                                                      "com2sec", "community", "server key",
+                                                      "message-digest", "key 7", "key 0"})  # fmt: skip
         self._trigger_bytes = [t.encode() for t in self._triggers]
         self._literals = sorted(
             {s.encode() for s in literals if len(s) >= 4}, key=len, reverse=True
