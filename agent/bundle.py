@@ -295,8 +295,15 @@ def read_bundle(
             problems.append(f"{rel}: sha256/size differ from the manifest (altered)")
     for rel in hashes.keys() - listed.keys():
         problems.append(f"{rel}: in the bundle but not in the manifest")
-    v = Verified(manifest, signer_line, fp, len(hashes), sum(n for _, n in hashes.values()),
-                 problems, extract_to / top if extract_to and top else None)  # fmt: skip
+    v = Verified(
+        manifest,
+        signer_line,
+        fp,
+        len(hashes),
+        sum(n for _, n in hashes.values()),
+        problems,
+        extract_to / top if extract_to and top else None,
+    )
     if extract_to and top:
         (extract_to / top).mkdir(parents=True, exist_ok=True)
         for name, data in members.items():

@@ -168,10 +168,15 @@ def prepare(
     else:
         _check_writable(base / "outbox" / "tmp")
     return Prepared(
-        loaded=loaded, kb=kb, plan=plan, request=request, home=base,
-        recipients=site_recipients(settings, base), signing_key=load_signing_key(base),
+        loaded=loaded,
+        kb=kb,
+        plan=plan,
+        request=request,
+        home=base,
+        recipients=site_recipients(settings, base),
+        signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
-    )  # fmt: skip
+    )
 
 
 def _check_writable(directory: Path) -> None:
@@ -239,34 +244,62 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         finished = utcnow()
         rep.phase("scrub", len(results))
         counts = _scrub_and_hash(prep.scrubber, staging.path, results, rep)
-        manifest = build_manifest(prep, job_id, bundle_id, created, started, finished, results,
-                                  runner.interrupted)  # fmt: skip
+        manifest = build_manifest(
+            prep, job_id, bundle_id, created, started, finished, results, runner.interrupted
+        )
         name = bundle_name(settings, prep.plan, created, bundle_id)
-        result = JobResult(job_id, bundle_id, None, manifest, results,
-                           interrupted=runner.interrupted, counts=counts)  # fmt: skip
+        result = JobResult(
+            job_id,
+            bundle_id,
+            None,
+            manifest,
+            results,
+            interrupted=runner.interrupted,
+            counts=counts,
+        )
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
         rep.phase("pack", total)
         if prep.request.output is not None:
             out = prep.request.output
             dest = out / name if out.is_dir() else out
-            result.pack = write_bundle(dest, name.removesuffix(SUFFIX), manifest, staging.path,
-                                       prep.signing_key, prep.recipients, created.timestamp(),
-                                       rep.advance)  # fmt: skip
+            result.pack = write_bundle(
+                dest,
+                name.removesuffix(SUFFIX),
+                manifest,
+                staging.path,
+                prep.signing_key,
+                prep.recipients,
+                created.timestamp(),
+                rep.advance,
+            )
             result.bundle = dest
             return result
         outbox = Outbox(prep.home / "outbox")
         tmp = outbox.tmp_dir() / name
-        result.pack = write_bundle(tmp, name.removesuffix(SUFFIX), manifest, staging.path,
-                                   prep.signing_key, prep.recipients, created.timestamp(),
-                                   rep.advance)  # fmt: skip
+        result.pack = write_bundle(
+            tmp,
+            name.removesuffix(SUFFIX),
+            manifest,
+            staging.path,
+            prep.signing_key,
+            prep.recipients,
+            created.timestamp(),
+            rep.advance,
+        )
         meta = DeliveryMeta(
-            bundle_id=bundle_id, name=name, size=result.pack.encrypted_bytes,
-            sha256=sha256_file(tmp), ticket=prep.request.ticket,
-            company=settings.site.company, contract=settings.site.contract,
+            bundle_id=bundle_id,
+            name=name,
+            size=result.pack.encrypted_bytes,
+            sha256=sha256_file(tmp),
+            ticket=prep.request.ticket,
+            company=settings.site.company,
+            contract=settings.site.contract,
             contact_email=settings.site.contact_email,
-            devices=tuple(d.name for d in prep.plan.devices), profile=prep.plan.profile,
-            summary=summary_text(manifest), created=created.isoformat(),
-        )  # fmt: skip
+            devices=tuple(d.name for d in prep.plan.devices),
+            profile=prep.plan.profile,
+            summary=summary_text(manifest),
+            created=created.isoformat(),
+        )
         item = outbox.put(tmp, meta)
         result.bundle = item.bundle
         rep.phase("deliver")
@@ -281,8 +314,9 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         staging.remove()
 
 
-def _scrub_and_hash(scrubber: Scrubber, staging: Path, results: list[StepResult],
-                    rep: Reporter) -> dict[str, int]:  # fmt: skip
+def _scrub_and_hash(
+    scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
+) -> dict[str, int]:
     totals: Counter[str] = Counter()
     for res in results:
         for art in res.artifacts:
@@ -321,29 +355,63 @@ def build_manifest(
         "format": FORMAT,
         "bundle_id": bundle_id,
         "agent": {"name": "fieldtrace", "version": __version__, "host": socket.gethostname()},
-        "site": {"company": settings.site.company, "contract": settings.site.contract,
-                 "contact_email": settings.site.contact_email, "slug": settings.site_slug()},
-        "job": {"id": job_id, "trigger": prep.request.trigger,
-                "requested_by": prep.request.requested_by or requester(),
-                "ticket": prep.request.ticket, "profile": prep.plan.profile,
-                "devices": [d.name for d in prep.plan.devices],
-                "created": created.isoformat().replace("+00:00", "Z"),
-                "started": started, "finished": finished, "interrupted": interrupted},
-        "kb": {t: {"title": k.title, "version": k.version, "sha256": k.sha256,
-                   "source": k.source, "profile": prep.plan.profile} for t, k in kb_used.items()},
+        "site": {
+            "company": settings.site.company,
+            "contract": settings.site.contract,
+            "contact_email": settings.site.contact_email,
+            "slug": settings.site_slug(),
+        },
+        "job": {
+            "id": job_id,
+            "trigger": prep.request.trigger,
+            "requested_by": prep.request.requested_by or requester(),
+            "ticket": prep.request.ticket,
+            "profile": prep.plan.profile,
+            "devices": [d.name for d in prep.plan.devices],
+            "created": created.isoformat().replace("+00:00", "Z"),
+            "started": started,
+            "finished": finished,
+            "interrupted": interrupted,
+        },
+        "kb": {
+            t: {
+                "title": k.title,
+                "version": k.version,
+                "sha256": k.sha256,
+                "source": k.source,
+                "profile": prep.plan.profile,
+            }
+            for t, k in kb_used.items()
+        },
         "devices": devices,
         "steps": [
-            {"device": r.device, "id": r.step, "collector": r.collector, "options": r.options,
-             "status": r.status, "error": r.error, "started": r.started,
-             "finished": r.finished, "seconds": r.seconds, "facts": r.facts,
-             "artifacts": [{"path": a.path, "size": a.size, "sha256": a.sha256,
-                            "truncated": a.truncated, "scrubbed": a.scrubbed}
-                           for a in r.artifacts]}
+            {
+                "device": r.device,
+                "id": r.step,
+                "collector": r.collector,
+                "options": r.options,
+                "status": r.status,
+                "error": r.error,
+                "started": r.started,
+                "finished": r.finished,
+                "seconds": r.seconds,
+                "facts": r.facts,
+                "artifacts": [
+                    {
+                        "path": a.path,
+                        "size": a.size,
+                        "sha256": a.sha256,
+                        "truncated": a.truncated,
+                        "scrubbed": a.scrubbed,
+                    }
+                    for a in r.artifacts
+                ],
+            }
             for r in results
         ],
         "summary": {"steps": len(results), **dict(sorted(statuses.items()))},
         "signer": prep.signing_key.fingerprint(),
-    }  # fmt: skip
+    }
 
 
 def summary_text(manifest: dict[str, Any]) -> str:

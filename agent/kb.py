@@ -206,10 +206,16 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
     if problems:
         raise ValidationFailed(source, problems)
     return KbType(
-        type=model.type, title=model.title, description=model.description,
-        version=model.version, sha256=hashlib.sha256(text.encode()).hexdigest(), source=source,
-        remote_access=tuple(model.remote_access), profiles=profiles, ssh=model.ssh,
-    )  # fmt: skip
+        type=model.type,
+        title=model.title,
+        description=model.description,
+        version=model.version,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        source=source,
+        remote_access=tuple(model.remote_access),
+        profiles=profiles,
+        ssh=model.ssh,
+    )
 
 
 def load_kb_file(path: Path, display: str | None = None) -> KbType:

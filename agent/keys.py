@@ -110,9 +110,10 @@ def load_signing_key(base: Path | None = None, create: bool = True) -> SigningKe
             raise ConfigError(f"{path}: no signing key yet (run 'fieldtrace collect' once)")
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )  # fmt: skip
+        )
         write_private(path, pem)
         return SigningKey(key)
     try:

@@ -61,12 +61,16 @@ class Plan:
     def describe(self) -> list[dict[str, Any]]:
         return [
             {
-                "device": s.device.name, "type": s.kbtype.type, "step": s.step.id,
-                "collector": s.step.collector, "options": s.step.options_dict(),
-                "deadline_s": s.deadline(), "skip": s.skip_reason,
+                "device": s.device.name,
+                "type": s.kbtype.type,
+                "step": s.step.id,
+                "collector": s.step.collector,
+                "options": s.step.options_dict(),
+                "deadline_s": s.deadline(),
+                "skip": s.skip_reason,
             }
             for s in self.steps
-        ]  # fmt: skip
+        ]
 
 
 def _skip_reason(device: Device, step: Step) -> str | None:
@@ -148,8 +152,9 @@ Progress = Callable[[str, PlannedStep, StepResult | None], None]
 class Runner:
     """Runs a plan into ``staging``; ``cancel`` stops it early (Ctrl-C)."""
 
-    def __init__(self, plan: Plan, staging: Path, max_parallel: int = 8,
-                 progress: Progress | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, plan: Plan, staging: Path, max_parallel: int = 8, progress: Progress | None = None
+    ) -> None:
         self.plan = plan
         self.staging = staging
         self.max_parallel = max_parallel
@@ -205,8 +210,9 @@ class Runner:
 
         res.started = utcnow()
         self.progress("start", ps, res)
-        worker = threading.Thread(target=target, name=f"step-{ps.device.name}-{step.id}",
-                                  daemon=True)  # fmt: skip
+        worker = threading.Thread(
+            target=target, name=f"step-{ps.device.name}-{step.id}", daemon=True
+        )
         worker.start()
         while worker.is_alive():
             remaining = ctx.deadline + GRACE - time.monotonic()
@@ -240,8 +246,9 @@ class Runner:
             if isinstance(exc, StepPartial):
                 res.facts = exc.facts
         else:
-            log.error("bug in collector %s (%s/%s)", step.collector, ps.device.name, step.id,
-                      exc_info=exc)  # fmt: skip
+            log.error(
+                "bug in collector %s (%s/%s)", step.collector, ps.device.name, step.id, exc_info=exc
+            )
             res.status = "failed"
             res.error = f"internal error in {step.collector}: {type(exc).__name__}: {exc}"
         self.progress("end", ps, res)

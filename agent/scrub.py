@@ -26,11 +26,33 @@ CHUNK = 1024 * 1024
 _PEM_MAX = 1024 * 1024  # how far to read ahead for the end of a PEM block
 
 _BUILTIN_KEYS = [
-    "password", "passwd", "passphrase", "pwd", "secret", "token", "api_key", "apikey",
-    "api-key", "access_key", "access-key", "private_key", "private-key", "auth_key",
-    "authkey", "auth-key", "priv_key", "privkey", "credential", "credentials", "psk",
-    "pre-shared-key", "key-string", "authentication-key", "community", "session_key",
-]  # fmt: skip
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_key",
+    "access-key",
+    "private_key",
+    "private-key",
+    "auth_key",
+    "authkey",
+    "auth-key",
+    "priv_key",
+    "privkey",
+    "credential",
+    "credentials",
+    "psk",
+    "pre-shared-key",
+    "key-string",
+    "authentication-key",
+    "community",
+    "session_key",
+]
 _PEM = re.compile(
     rb"(-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----)(.*?)"
     rb"(-----END \2PRIVATE KEY\3-----|\Z)",
@@ -58,36 +80,72 @@ class Scrubber:
         flags = re.IGNORECASE
         self._rules: list[tuple[str, re.Pattern[bytes], int]] = [
             # scheme://user:PASS@host
-            ("url_credentials",
-             re.compile(rb"([a-z][a-z0-9+.-]*://[^\s:/@]+:)([^\s@/]+)(?=@)", flags), 2),
+            (
+                "url_credentials",
+                re.compile(rb"([a-z][a-z0-9+.-]*://[^\s:/@]+:)([^\s@/]+)(?=@)", flags),
+                2,
+            ),
             # Authorization: Bearer X / Basic X, bare "Bearer X"
-            ("authorization",
-             re.compile(rb"(authorization\"?\s*[:=]\s*\"?(?:bearer|basic|token|digest|"
-                        rb"apikey)?\s*)([^\s\"]+)", flags), 2),
+            (
+                "authorization",
+                re.compile(
+                    rb"(authorization\"?\s*[:=]\s*\"?(?:bearer|basic|token|digest|"
+                    rb"apikey)?\s*)([^\s\"]+)",
+                    flags,
+                ),
+                2,
+            ),
             ("authorization", re.compile(rb"(\bbearer\s+)([A-Za-z0-9._~+/=-]{8,})", flags), 2),
             # XML <password>X</password>
             ("password", re.compile(rb"(<(" + ident + rb")(?:\s[^>]*)?>)([^<]+)(?=</)", flags), 3),
             # JSON list of argv: "--password", "X"
             ("password", re.compile(rb"(\"-{1,2}" + ident + rb"\",\s*)(\"[^\"]*\")", flags), 2),
             # key = value, key: value, "key": "value", --key=value
-            ("password",
-             re.compile(rb"((?<![\w-])\"?" + ident + rb"\"?\s*(?:=|:(?!//))\s*)(" + value + rb")",
-                        flags), 2),
+            (
+                "password",
+                re.compile(
+                    rb"((?<![\w-])\"?" + ident + rb"\"?\s*(?:=|:(?!//))\s*)(" + value + rb")", flags
+                ),
+                2,
+            ),
             # net-snmp: rocommunity X, com2sec NAME SOURCE X; snmp CLI tools: -c X
-            ("community",
-             re.compile(rb"(^\s*(?:[rw][ow]community6?|trapcommunity)\s+)(\S+)", flags | re.M), 2),
-            ("community", re.compile(rb"(^\s*com2sec6?\s+(?:-Cn\s+\S+\s+)?\S+\s+\S+\s+)(\S+)",
-                                     flags | re.M), 2),
+            (
+                "community",
+                re.compile(rb"(^\s*(?:[rw][ow]community6?|trapcommunity)\s+)(\S+)", flags | re.M),
+                2,
+            ),
+            (
+                "community",
+                re.compile(rb"(^\s*com2sec6?\s+(?:-Cn\s+\S+\s+)?\S+\s+\S+\s+)(\S+)", flags | re.M),
+                2,
+            ),
             ("community", re.compile(rb"(\bsnmp\w*\b[^\n]*?\s-c\s*)(\S+)", flags), 2),
             # device CLI: [words] password|secret|key-string|community [type] VALUE
-            ("password",
-             re.compile(rb"(^[ \t]*(?:\S+[ \t]+){0,4}?(?:" + cli_alt + rb")(?:[ \t]+(?:[05789]|md5|"
-                        rb"sha|ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
-                        flags | re.M), 2),
-        ]  # fmt: skip
-        self._triggers = sorted({k for k in keys} | {"bearer", "authorization", "://", "snmp",
-                                                      "com2sec", "community", "server key",
-                                                      "message-digest", "key 7", "key 0"})  # fmt: skip
+            (
+                "password",
+                re.compile(
+                    rb"(^[ \t]*(?:\S+[ \t]+){0,4}?(?:" + cli_alt + rb")(?:[ \t]+(?:[05789]|md5|"
+                    rb"sha|ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
+                    flags | re.M,
+                ),
+                2,
+            ),
+        ]
+        self._triggers = sorted(
+            {k for k in keys}
+            | {
+                "bearer",
+                "authorization",
+                "://",
+                "snmp",
+                "com2sec",
+                "community",
+                "server key",
+                "message-digest",
+                "key 7",
+                "key 0",
+            }
+        )
         self._trigger_bytes = [t.encode() for t in self._triggers]
         self._literals = sorted(
             {s.encode() for s in literals if len(s) >= 4}, key=len, reverse=True

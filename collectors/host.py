@@ -39,21 +39,26 @@ class HostSnapshot(Collector):
         boot = psutil.boot_time()
         mem = psutil.virtual_memory()
         load = os.getloadavg()
-        dump("system.json", {
-            "hostname": socket.gethostname(),
-            "platform": platform.platform(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "boot_time": boot,
-            "uptime_s": round(time.time() - boot),
-            "cpu_count_logical": psutil.cpu_count(),
-            "cpu_count_physical": psutil.cpu_count(logical=False),
-            "loadavg": load,
-            "cpu_percent": psutil.cpu_percent(interval=min(options.cpu_interval, ctx.remaining())),
-            "cpu_times_percent": _asdict(psutil.cpu_times_percent(interval=None)),
-            "memory": _asdict(mem),
-            "swap": _asdict(psutil.swap_memory()),
-        })  # fmt: skip
+        dump(
+            "system.json",
+            {
+                "hostname": socket.gethostname(),
+                "platform": platform.platform(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+                "boot_time": boot,
+                "uptime_s": round(time.time() - boot),
+                "cpu_count_logical": psutil.cpu_count(),
+                "cpu_count_physical": psutil.cpu_count(logical=False),
+                "loadavg": load,
+                "cpu_percent": psutil.cpu_percent(
+                    interval=min(options.cpu_interval, ctx.remaining())
+                ),
+                "cpu_times_percent": _asdict(psutil.cpu_times_percent(interval=None)),
+                "memory": _asdict(mem),
+                "swap": _asdict(psutil.swap_memory()),
+            },
+        )
         ctx.check()
         disks = []
         for part in psutil.disk_partitions(all=False):
@@ -61,23 +66,30 @@ class HostSnapshot(Collector):
             try:
                 entry["usage"] = _asdict(psutil.disk_usage(part.mountpoint))
                 st = os.statvfs(part.mountpoint)
-                entry["inodes"] = {"total": st.f_files, "free": st.f_ffree,
-                                   "percent": round(100 * (1 - st.f_ffree / st.f_files), 1)
-                                   if st.f_files else None}  # fmt: skip
+                entry["inodes"] = {
+                    "total": st.f_files,
+                    "free": st.f_ffree,
+                    "percent": round(100 * (1 - st.f_ffree / st.f_files), 1)
+                    if st.f_files
+                    else None,
+                }
             except OSError as exc:
                 entry["error"] = str(exc)
             disks.append(entry)
         dump("disks.json", disks)
         io = psutil.net_io_counters(pernic=True)
         stats = psutil.net_if_stats()
-        dump("interfaces.json", {
-            nic: {
-                "addresses": [_asdict(a) for a in addrs],
-                "stats": _asdict(stats.get(nic)),
-                "counters": _asdict(io.get(nic)),
-            }
-            for nic, addrs in psutil.net_if_addrs().items()
-        })  # fmt: skip
+        dump(
+            "interfaces.json",
+            {
+                nic: {
+                    "addresses": [_asdict(a) for a in addrs],
+                    "stats": _asdict(stats.get(nic)),
+                    "counters": _asdict(io.get(nic)),
+                }
+                for nic, addrs in psutil.net_if_addrs().items()
+            },
+        )
         ctx.check()
         n_conn = 0
         if options.connections:
@@ -89,9 +101,19 @@ class HostSnapshot(Collector):
             dump("connections.json", conns)
         procs = []
         for p in psutil.process_iter(
-            ["pid", "ppid", "name", "username", "status", "create_time", "memory_info",
-             "cpu_percent", "num_threads", "cmdline"]
-        ):  # fmt: skip
+            [
+                "pid",
+                "ppid",
+                "name",
+                "username",
+                "status",
+                "create_time",
+                "memory_info",
+                "cpu_percent",
+                "num_threads",
+                "cmdline",
+            ]
+        ):
             info = p.info
             info["rss"] = info.pop("memory_info").rss if info.get("memory_info") else None
             procs.append(info)

@@ -22,12 +22,18 @@ class Cli:
     cwd: Path
     env: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 120, check: int | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def run(
+        self, *args: str, timeout: float = 120, check: int | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "agent", *args], cwd=self.cwd, env=self.env,
-            capture_output=True, text=True, timeout=timeout, input=input,
-        )  # fmt: skip
+            [sys.executable, "-m", "agent", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check is not None:
             assert proc.returncode == check, (
                 f"exit {proc.returncode} != {check}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

@@ -85,8 +85,13 @@ class Outbox:
 
     def put(self, bundle: Path, meta: DeliveryMeta) -> Item:
         """Queue a finished bundle (moved, not copied; it must be on the outbox's filesystem)."""
-        record = {"meta": meta.to_json(), "attempts": 0, "next_attempt": 0.0,
-                  "last_error": None, "queued": time.time()}  # fmt: skip
+        record = {
+            "meta": meta.to_json(),
+            "attempts": 0,
+            "next_attempt": 0.0,
+            "last_error": None,
+            "queued": time.time(),
+        }
         queue = self.root / "queue"
         _write_json(queue / f"{meta.name}.json", record)
         target = queue / meta.name
@@ -106,8 +111,14 @@ class Outbox:
                 bundle = js.with_suffix("")
                 if st != "sent" and not bundle.exists():
                     continue  # interrupted put
-                out.append(Item(st, DeliveryMeta.from_json(record["meta"]), record,
-                                bundle if st != "sent" else None))  # fmt: skip
+                out.append(
+                    Item(
+                        st,
+                        DeliveryMeta.from_json(record["meta"]),
+                        record,
+                        bundle if st != "sent" else None,
+                    )
+                )
         return out
 
     @contextmanager
@@ -148,8 +159,12 @@ class Outbox:
             rec["last_error"] = str(exc)
             _write_json(item.bundle.with_name(item.bundle.name + ".json"), rec)
             return Attempt(item, "retry", str(exc))
-        rec["receipt"] = {"backend": receipt.backend, "location": receipt.location,
-                          "ticket": receipt.ticket, "detail": receipt.detail}  # fmt: skip
+        rec["receipt"] = {
+            "backend": receipt.backend,
+            "location": receipt.location,
+            "ticket": receipt.ticket,
+            "detail": receipt.detail,
+        }
         rec["sent"] = time.time()
         rec["last_error"] = None
         _write_json(self.root / "sent" / f"{item.name}.json", rec)

@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         "encrypted bundle in the local outbox.",
     )
     p.add_argument("--version", action="version", version=f"fieldtrace {__version__}")
-    p.add_argument("-c", "--config", metavar="PATH",
-                   help="site config (default: $FIELDTRACE_CONFIG, ./fieldtrace.toml, "
-                   "/etc/fieldtrace/fieldtrace.toml, else the embedded default)")  # fmt: skip
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="site config (default: $FIELDTRACE_CONFIG, ./fieldtrace.toml, "
+        "/etc/fieldtrace/fieldtrace.toml, else the embedded default)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in (collect_cmd, kb_cmd, config_cmd, bundle_cmd, keys_cmd, outbox_cmd):

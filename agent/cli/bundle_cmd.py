@@ -10,8 +10,10 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser("bundle", help="open or inspect an encrypted bundle")
     bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
-    for name, helptext in (("inspect", "verify signature and every sha256, print a summary"),
-                           ("open", "verify and extract into a directory")):  # fmt: skip
+    for name, helptext in (
+        ("inspect", "verify signature and every sha256, print a summary"),
+        ("open", "verify and extract into a directory"),
+    ):
         b = bsub.add_parser(name, help=helptext)
         b.add_argument("file", metavar="FILE")
         b.add_argument(
@@ -20,9 +22,12 @@ def register(sub: Any) -> None:
             metavar="FILE",
             help="age identity file (default: this site's identity.txt)",
         )
-        b.add_argument("--signer", metavar="KEY",
-                       help="expected signer: fingerprint (SHA256:...), 'ssh-ed25519 ...' "
-                       "line, or a file holding it")  # fmt: skip
+        b.add_argument(
+            "--signer",
+            metavar="KEY",
+            help="expected signer: fingerprint (SHA256:...), 'ssh-ed25519 ...' "
+            "line, or a file holding it",
+        )
         b.add_argument("--json", action="store_true")
         if name == "open":
             b.add_argument(
@@ -65,10 +70,18 @@ def run(args: argparse.Namespace) -> int:
     m = v.manifest
     ok = not v.problems
     if args.json:
-        emit_json({"ok": ok, "signer": v.signer_fingerprint, "signer_key": v.signer,
-                   "artifacts": v.artifacts, "bytes": v.bytes, "problems": v.problems,
-                   "extracted_to": str(v.extracted_to) if v.extracted_to else None,
-                   "manifest": m})  # fmt: skip
+        emit_json(
+            {
+                "ok": ok,
+                "signer": v.signer_fingerprint,
+                "signer_key": v.signer,
+                "artifacts": v.artifacts,
+                "bytes": v.bytes,
+                "problems": v.problems,
+                "extracted_to": str(v.extracted_to) if v.extracted_to else None,
+                "manifest": m,
+            }
+        )
     else:
         job, site = m.get("job", {}), m.get("site", {})
         print(

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "collect", help="collect from devices into an encrypted bundle",
+        "collect",
+        help="collect from devices into an encrypted bundle",
         description="Collect evidence from devices, following the KB profile of each device's "
         "type, into one scrubbed, signed and encrypted bundle that goes to the outbox.",
-    )  # fmt: skip
+    )
     p.add_argument(
         "devices",
         nargs="*",
@@ -49,10 +50,13 @@ class Progress:
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
             self._p = Progress(
-                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                TextColumn("{task.fields[current]}"), console=Console(stderr=True),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[current]}"),
+                console=Console(stderr=True),
                 transient=True,
-            )  # fmt: skip
+            )
             self._p.start()
         self._running: dict[str, str] = {}
 
@@ -89,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = settings(args)
     request = JobRequest(
-        devices=tuple(args.devices), profile=args.profile, ticket=args.ticket,
+        devices=tuple(args.devices),
+        profile=args.profile,
+        ticket=args.ticket,
         output=Path(args.output) if args.output else None,
-    )  # fmt: skip
+    )
     prep = prepare(loaded, request)
     if args.dry_run:
         plan = prep.plan.describe()
@@ -119,8 +125,10 @@ def _print_plan(source: str, profile: str, plan: list[dict[str, Any]]) -> None:
     for s in plan:
         opts = " ".join(f"{k}={v!r}" for k, v in s["options"].items())
         skip = f"  [skipped: {s['skip']}]" if s["skip"] else ""
-        print(f"  {s['device']}/{s['step']:<14} {s['collector']:<14} {opts}  "
-              f"(deadline {s['deadline_s']:g}s){skip}")  # fmt: skip
+        print(
+            f"  {s['device']}/{s['step']:<14} {s['collector']:<14} {opts}  "
+            f"(deadline {s['deadline_s']:g}s){skip}"
+        )
 
 
 def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any]:
@@ -137,9 +145,11 @@ def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any
         "identity": str(home / "identity.txt"),
         "signer": result.manifest["signer"],
         "delivery": None if d is None else {"outcome": d.outcome, "message": d.message},
-        "steps": [{"device": r.device, "id": r.step, "status": r.status, "error": r.error}
-                  for r in result.results],
-    }  # fmt: skip
+        "steps": [
+            {"device": r.device, "id": r.step, "status": r.status, "error": r.error}
+            for r in result.results
+        ],
+    }
 
 
 def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipients: int) -> None:
@@ -156,17 +166,25 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
             print(f"  {r.device}/{r.step}: {r.status}: {r.error}")
     if result.counts:
         total = sum(result.counts.values())
-        print(f"scrubbed {total} secret(s): "
-              + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())))  # fmt: skip
+        print(
+            f"scrubbed {total} secret(s): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+        )
     assert result.bundle is not None and result.pack is not None
-    who = f"{vendor_recipients} vendor key(s) + this site's identity" if vendor_recipients \
-        else "this site's identity only (no [vendor] recipients configured)"  # fmt: skip
-    print(f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to "
-          f"{who})")  # fmt: skip
+    who = (
+        f"{vendor_recipients} vendor key(s) + this site's identity"
+        if vendor_recipients
+        else "this site's identity only (no [vendor] recipients configured)"
+    )
+    print(
+        f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"
+    )
     d = result.delivery
     if d is not None and d.outcome != "sent":
-        print(f"delivery: {d.outcome}: {d.message} (queued in the outbox; "
-              "'fieldtrace outbox deliver' retries)")  # fmt: skip
+        print(
+            f"delivery: {d.outcome}: {d.message} (queued in the outbox; "
+            "'fieldtrace outbox deliver' retries)"
+        )
     ident = home / "identity.txt"
     print(f"open it:  fieldtrace bundle open {result.bundle}")
     print(f"   or:    age -d -i {ident} {result.bundle} | tar --zstd -x")

@@ -40,10 +40,13 @@ def run_check(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError("\n".join(f"{loaded.source}: {p}" for p in problems))
     summary: dict[str, Any] = {
-        "config": loaded.source, "site": s.site.company or "(unset)",
-        "devices": [d.name for d in s.inventory()], "kb_types": sorted(kb.types),
-        "recipients": len(s.vendor.recipients), "helpdesk": s.helpdesk.backend,
-    }  # fmt: skip
+        "config": loaded.source,
+        "site": s.site.company or "(unset)",
+        "devices": [d.name for d in s.inventory()],
+        "kb_types": sorted(kb.types),
+        "recipients": len(s.vendor.recipients),
+        "helpdesk": s.helpdesk.backend,
+    }
     if args.json:
         emit_json({"ok": True, **summary})
     else:
@@ -53,8 +56,10 @@ def run_check(args: argparse.Namespace) -> int:
             f"{summary['recipients']} vendor recipient(s); helpdesk: {summary['helpdesk']}"
         )
         if not s.vendor.recipients:
-            print("  note: no [vendor] recipients: bundles are encrypted to this site's "
-                  "identity only, so the vendor cannot open them")  # fmt: skip
+            print(
+                "  note: no [vendor] recipients: bundles are encrypted to this site's "
+                "identity only, so the vendor cannot open them"
+            )
     return 0
 
 

@@ -35,9 +35,10 @@ def run_list(args: argparse.Namespace) -> int:
     from agent.cli.common import emit_json
 
     kb = _kb(args)
-    rows = [{"type": t.type, "title": t.title, "source": t.source,
-             "profiles": sorted(t.profiles)} for t in sorted(kb.types.values(),
-                                                            key=lambda t: t.type)]  # fmt: skip
+    rows = [
+        {"type": t.type, "title": t.title, "source": t.source, "profiles": sorted(t.profiles)}
+        for t in sorted(kb.types.values(), key=lambda t: t.type)
+    ]
     if args.json:
         emit_json(rows)
     else:
@@ -51,16 +52,25 @@ def run_show(args: argparse.Namespace) -> int:
 
     t = _kb(args).get(args.type)
     data = {
-        "type": t.type, "title": t.title, "description": t.description, "version": t.version,
-        "source": t.source, "sha256": t.sha256, "ssh": t.ssh.model_dump() if t.ssh else None,
+        "type": t.type,
+        "title": t.title,
+        "description": t.description,
+        "version": t.version,
+        "source": t.source,
+        "sha256": t.sha256,
+        "ssh": t.ssh.model_dump() if t.ssh else None,
         "remote_access": [r.model_dump() for r in t.remote_access],
         "profiles": {
-            name: {"title": p.title, "description": p.description,
-                   "steps": [{"id": s.id, "collector": s.collector, **s.options_dict()}
-                             for s in p.steps]}
+            name: {
+                "title": p.title,
+                "description": p.description,
+                "steps": [
+                    {"id": s.id, "collector": s.collector, **s.options_dict()} for s in p.steps
+                ],
+            }
             for name, p in t.profiles.items()
         },
-    }  # fmt: skip
+    }
     if args.json:
         emit_json(data)
         return 0

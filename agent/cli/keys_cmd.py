@@ -34,6 +34,8 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"signing key:  {data['signing_key']}")
     print(f"fingerprint:  {data['fingerprint']}")
     print(f"age identity: {data['identity_file']} (recipient {data['age_recipient']})")
-    print("Give the fingerprint to the vendor when the site is onboarded; they check bundles "
-          "with 'fieldtrace bundle inspect FILE --signer FINGERPRINT'.")  # fmt: skip
+    print(
+        "Give the fingerprint to the vendor when the site is onboarded; they check bundles "
+        "with 'fieldtrace bundle inspect FILE --signer FINGERPRINT'."
+    )
     return 0

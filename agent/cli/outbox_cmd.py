@@ -64,8 +64,9 @@ def run_deliver(args: argparse.Namespace) -> int:
 
     s = settings(args).settings
     box = _outbox()
-    attempts = box.deliver(DirectoryBackend(s.helpdesk.path or box.default_delivery_dir),
-                           force=True)  # fmt: skip
+    attempts = box.deliver(
+        DirectoryBackend(s.helpdesk.path or box.default_delivery_dir), force=True
+    )
     rows = [{"name": a.item.name, "outcome": a.outcome, "message": a.message} for a in attempts]
     if args.json:
         emit_json(rows)

@@ -52,10 +52,10 @@ def collect_json(cli: Cli, *args: str, check: int | None = None) -> dict[str, An
 def open_with_stock_tools(bundle: Path, identity: Path, dest: Path) -> Path:
     """``age -d -i identity bundle | tar --zstd -x`` into dest; returns the top directory."""
     dest.mkdir(parents=True, exist_ok=True)
-    age = subprocess.Popen(["age", "-d", "-i", str(identity), str(bundle)],
-                           stdout=subprocess.PIPE)  # fmt: skip
-    tar = subprocess.run(["tar", "--zstd", "-x", "-C", str(dest)], stdin=age.stdout,
-                         capture_output=True, timeout=60)  # fmt: skip
+    age = subprocess.Popen(["age", "-d", "-i", str(identity), str(bundle)], stdout=subprocess.PIPE)
+    tar = subprocess.run(
+        ["tar", "--zstd", "-x", "-C", str(dest)], stdin=age.stdout, capture_output=True, timeout=60
+    )
     assert age.wait(timeout=60) == 0, "age -d failed"
     assert tar.returncode == 0, tar.stderr
     tops = [p for p in dest.iterdir() if p.is_dir()]

@@ -106,10 +106,12 @@ def test_planted_secrets_never_appear_in_the_bundle(cli: Cli, tmp_path: Path) ->
     lit.write_text(SECRETS["literal"] + "\n")
     write_site(
         cli,
-        [f"{{id: conf, collector: local.file, path: {planted}}}",
-         f'{{id: cat, collector: local.command, command: "cat {planted}"}}'],
+        [
+            f"{{id: conf, collector: local.file, path: {planted}}}",
+            f'{{id: cat, collector: local.command, command: "cat {planted}"}}',
+        ],
         f'[scrub]\nvalues = [{{ file = "{lit}" }}]\n',
-    )  # fmt: skip
+    )
     data = collect_json(cli, check=0)
     bundle = Path(data["bundle"])
     top = open_with_stock_tools(bundle, cli.home / "identity.txt", tmp_path / "open")
@@ -139,16 +141,18 @@ def test_bundle_inspect_accepts_and_rejects_tampering(cli: Cli, tmp_path: Path) 
     assert "signature: valid" in ok.stdout and "every sha256 matches" in ok.stdout
 
     identity = cli.home / "identity.txt"
-    recipient = subprocess.run(["age-keygen", "-y", str(identity)], capture_output=True,
-                               text=True, check=True).stdout.strip()  # fmt: skip
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(identity)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
     def repack(name: str, change: callable) -> Path:  # type: ignore[valid-type]
         work = tmp_path / name
         top = open_with_stock_tools(bundle, identity, work)
         change(top)
         out = tmp_path / f"{name}.tar.zst.age"
-        tar = subprocess.Popen(["tar", "--zstd", "-c", "-C", str(work), top.name],
-                               stdout=subprocess.PIPE)  # fmt: skip
+        tar = subprocess.Popen(
+            ["tar", "--zstd", "-c", "-C", str(work), top.name], stdout=subprocess.PIPE
+        )
         subprocess.run(["age", "-r", recipient, "-o", str(out)], stdin=tar.stdout, check=True)
         assert tar.wait() == 0
         return out
@@ -180,8 +184,9 @@ def test_bundle_inspect_accepts_and_rejects_tampering(cli: Cli, tmp_path: Path) 
         raw = json.dumps(m, indent=2).encode()
         (top / "manifest.json").write_bytes(raw)
         (top / "manifest.sig").write_bytes(base64.b64encode(key.sign(raw)) + b"\n")
-        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                            serialization.PublicFormat.OpenSSH)  # fmt: skip
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         (top / "signer.pub").write_bytes(pub + b"\n")
 
     forged = repack("forged", resign)
@@ -211,10 +216,14 @@ def test_bundle_open_extracts_and_verifies(cli: Cli, tmp_path: Path) -> None:
 def test_vendor_recipient_can_open_the_bundle(cli: Cli, tmp_path: Path) -> None:
     vendor = tmp_path / "vendor.txt"
     subprocess.run(["age-keygen", "-o", str(vendor)], check=True, capture_output=True)
-    rcpt = subprocess.run(["age-keygen", "-y", str(vendor)], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
-    write_site(cli, ['{id: hello, collector: local.command, command: "echo hi"}'],
-               f'[vendor]\nrecipients = ["{rcpt}"]\n')  # fmt: skip
+    rcpt = subprocess.run(
+        ["age-keygen", "-y", str(vendor)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    write_site(
+        cli,
+        ['{id: hello, collector: local.command, command: "echo hi"}'],
+        f'[vendor]\nrecipients = ["{rcpt}"]\n',
+    )
     bundle = Path(collect_json(cli, check=0)["bundle"])
     top = open_with_stock_tools(bundle, vendor, tmp_path / "v")
     assert (top / "local/hello/output.txt").read_text() == "hi\n"

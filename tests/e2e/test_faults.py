@@ -22,13 +22,15 @@ MARKER = "PLAINTEXT-MARKER-7f3a9c"
 def test_hang_failure_and_missing_file_give_a_partial_bundle(cli: Cli, tmp_path: Path) -> None:
     write_site(
         cli,
-        ['{id: before, collector: local.command, command: "echo ' + MARKER + '"}',
-         '{id: hang, collector: local.command, command: "sleep 60", deadline: 1s}',
-         '{id: fails, collector: local.command, command: "sh -c \'echo oops >&2; exit 3\'"}',
-         "{id: missing, collector: local.file, path: /nonexistent/fieldtrace/*.log}",
-         "{id: notinstalled, collector: local.command, command: no-such-tool-xyz}",
-         '{id: after, collector: local.command, command: "echo still here"}'],
-    )  # fmt: skip
+        [
+            '{id: before, collector: local.command, command: "echo ' + MARKER + '"}',
+            '{id: hang, collector: local.command, command: "sleep 60", deadline: 1s}',
+            "{id: fails, collector: local.command, command: \"sh -c 'echo oops >&2; exit 3'\"}",
+            "{id: missing, collector: local.file, path: /nonexistent/fieldtrace/*.log}",
+            "{id: notinstalled, collector: local.command, command: no-such-tool-xyz}",
+            '{id: after, collector: local.command, command: "echo still here"}',
+        ],
+    )
     t0 = time.monotonic()
     data = collect_json(cli, check=1)
     assert time.monotonic() - t0 < 30  # the hang ended at its deadline
@@ -61,10 +63,12 @@ def test_output_cap_truncates_and_records_it(cli: Cli, tmp_path: Path) -> None:
     big.write_text("".join(f"line {i}\n" for i in range(100000)))
     write_site(
         cli,
-        [f"{{id: head, collector: local.file, path: {big}, max_bytes: 1KiB}}",
-         f"{{id: tail, collector: local.file, path: {big}, max_bytes: 1KiB, tail: true}}",
-         f'{{id: cmd, collector: local.command, command: "cat {big}", max_bytes: 2KiB}}'],
-    )  # fmt: skip
+        [
+            f"{{id: head, collector: local.file, path: {big}, max_bytes: 1KiB}}",
+            f"{{id: tail, collector: local.file, path: {big}, max_bytes: 1KiB, tail: true}}",
+            f'{{id: cmd, collector: local.command, command: "cat {big}", max_bytes: 2KiB}}',
+        ],
+    )
     data = collect_json(cli, check=0)
     top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
     m = manifest_of(top)
@@ -95,14 +99,19 @@ def test_disk_full_while_packing_leaves_no_bundle_and_no_plaintext(
 ) -> None:
     write_site(
         cli,
-        ['{id: marker, collector: local.command, command: "echo ' + MARKER + '"}',
-         '{id: noise, collector: local.command, command: "head -c 3000000 /dev/urandom"}'],
-    )  # fmt: skip
+        [
+            '{id: marker, collector: local.command, command: "echo ' + MARKER + '"}',
+            '{id: noise, collector: local.command, command: "head -c 3000000 /dev/urandom"}',
+        ],
+    )
     proc = cli.run("collect", check=3)
     assert "packing the bundle failed: No space left on device" in proc.stderr
     assert "nothing was kept" in proc.stderr
-    leftovers = [p for p in cli.home.rglob("*") if p.is_file()
-                 and (p.suffix in (".age", ".partial") or MARKER.encode() in p.read_bytes())]  # fmt: skip
+    leftovers = [
+        p
+        for p in cli.home.rglob("*")
+        if p.is_file() and (p.suffix in (".age", ".partial") or MARKER.encode() in p.read_bytes())
+    ]
     assert leftovers == []
     assert not any((cli.home / "staging").iterdir())
     assert list((full_outbox / "queue").iterdir()) == []
@@ -119,13 +128,20 @@ def test_unwritable_outbox_is_refused_before_collecting(cli: Cli) -> None:
 def test_ctrl_c_keeps_what_was_collected(cli: Cli, tmp_path: Path) -> None:
     write_site(
         cli,
-        ['{id: first, collector: local.command, command: "echo ' + MARKER + '"}',
-         '{id: slow, collector: local.command, command: "sleep 30"}',
-         '{id: never, collector: local.command, command: "echo never"}'],
-    )  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "collect", "--json"], cwd=cli.cwd,
-                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+        [
+            '{id: first, collector: local.command, command: "echo ' + MARKER + '"}',
+            '{id: slow, collector: local.command, command: "sleep 30"}',
+            '{id: never, collector: local.command, command: "echo never"}',
+        ],
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "collect", "--json"],
+        cwd=cli.cwd,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     staging = cli.home / "staging"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # wait until the slow step runs

@@ -35,15 +35,18 @@ def test_help_is_fast() -> None:
     best = 99.0
     for _ in range(3):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True,
-                              text=True, cwd=REPO)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, cwd=REPO
+        )
         best = min(best, time.perf_counter() - t0)
         assert proc.returncode == 0 and "collect" in proc.stdout
     assert best < 0.3, f"fieldtrace --help took {best:.3f}s"
     # and it does not pull in the heavy libraries
-    code = ("import sys; from agent.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('pydantic','yaml','pyrage','zstandard','psutil','rich',"
-            "'cryptography') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys; from agent.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('pydantic','yaml','pyrage','zstandard','psutil','rich',"
+        "'cryptography') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -55,8 +58,18 @@ def test_shipped_kb_loads_and_linux_host_is_useful() -> None:
     collectors = {s.collector for s in host.profiles["default"].steps}
     assert collectors >= {"host.snapshot", "local.command", "local.file"}
     ids = {s.id for s in host.profiles["default"].steps}
-    assert ids >= {"snapshot", "uname", "disk", "inodes", "routes", "sockets", "processes",
-                   "kernel-log", "journal", "time-sync"}  # fmt: skip
+    assert ids >= {
+        "snapshot",
+        "uname",
+        "disk",
+        "inodes",
+        "routes",
+        "sockets",
+        "processes",
+        "kernel-log",
+        "journal",
+        "time-sync",
+    }
 
 
 def test_example_config_is_valid_and_documents_every_section() -> None:

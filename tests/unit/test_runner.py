@@ -73,8 +73,12 @@ def test_runner_survives_hanging_and_buggy_collectors(
 ) -> None:
     kb = load_kb()
     kb.types["box"] = parse_kb(KB, "box.yaml")
-    settings = Settings(devices=[Device(name="local", type="box"),
-                                 Device(name="remote", type="box", address="192.0.2.99")])  # fmt: skip
+    settings = Settings(
+        devices=[
+            Device(name="local", type="box"),
+            Device(name="remote", type="box", address="192.0.2.99"),
+        ]
+    )
     plan = make_plan(settings, kb, select_devices(settings, []), "default")
     t0 = time.monotonic()
     results = Runner(plan, tmp_path, max_parallel=2).run()

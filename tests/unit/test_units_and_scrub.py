@@ -11,17 +11,32 @@ from agent.scrub import CHUNK, Scrubber
 from collectors.base import parse_duration, parse_size
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90), ("5m", 300), ("1.5h", 5400), ("250ms", 0.25), (12, 12), ("7", 7),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1.5h", 5400),
+        ("250ms", 0.25),
+        (12, 12),
+        ("7", 7),
+    ],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("200MB", 200_000_000), ("64KiB", 65536), ("1G", 10**9), ("1GiB", 2**30), (512, 512),
-    ("10 kb", 10_000),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("200MB", 200_000_000),
+        ("64KiB", 65536),
+        ("1G", 10**9),
+        ("1GiB", 2**30),
+        (512, 512),
+        ("10 kb", 10_000),
+    ],
+)
 def test_sizes(text: object, size: int) -> None:
     assert parse_size(text) == size
 
@@ -71,8 +86,10 @@ def test_scrub_rules(line: str, secret: str, kept: str) -> None:
 
 
 def test_ordinary_text_is_untouched() -> None:
-    text = (b"Nov 25 10:00:01 gw1 sipd[12]: INVITE sip:100@pbx from 10.0.0.1 status=200\n"
-            b"interface eth0 mtu 1500 rx 1234 tx 5678\nsee http://example.com/path?a=b\n")  # fmt: skip
+    text = (
+        b"Nov 25 10:00:01 gw1 sipd[12]: INVITE sip:100@pbx from 10.0.0.1 status=200\n"
+        b"interface eth0 mtu 1500 rx 1234 tx 5678\nsee http://example.com/path?a=b\n"
+    )
     counts: Counter[str] = Counter()
     assert Scrubber().scrub_bytes(text, counts) == text
     assert sum(counts.values()) == 0
@@ -91,8 +108,12 @@ def test_pem_block_across_chunk_boundary_and_binary_files(tmp_path: Path) -> Non
     pem_body = "".join(f"KEYLINE{i:04d}abcdefghijklmnopqrstuvwxyz0123456789\n" for i in range(200))
     filler = "x" * 99 + "\n"
     head = filler * ((CHUNK - 3000) // 100)
-    f.write_text(head + "-----BEGIN RSA PRIVATE KEY-----\n" + pem_body
-                 + "-----END RSA PRIVATE KEY-----\nafter\n")  # fmt: skip
+    f.write_text(
+        head
+        + "-----BEGIN RSA PRIVATE KEY-----\n"
+        + pem_body
+        + "-----END RSA PRIVATE KEY-----\nafter\n"
+    )
     counts = Scrubber().scrub_file(f)
     text = f.read_text()
     assert "KEYLINE" not in text and text.endswith("-----END RSA PRIVATE KEY-----\nafter\n")
