@@ -29,7 +29,7 @@ from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
 from agent.keys import SigningKey, home, load_identity, load_signing_key
 from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
-from agent.scrub import Scrubber
+from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
 from collectors.base import sha256_file
 from uploader.base import DeliveryMeta
@@ -242,8 +242,8 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         started = utcnow()
         results = runner.run()
         finished = utcnow()
-        rep.phase("scrub", len(results))
-        counts = _scrub_and_hash(prep.scrubber, staging.path, results, rep)
+        rep.phase("scrub", sum(len(r.artifacts) for r in results))
+        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep)
         manifest = build_manifest(
             prep, job_id, bundle_id, created, started, finished, results, runner.interrupted
         )
@@ -314,22 +314,23 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         staging.remove()
 
 
-def _scrub_and_hash(
+def scrub_and_hash(
     scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
 ) -> dict[str, int]:
+    """Scrub every artifact in place and record its sha256, size and scrub counts."""
     totals: Counter[str] = Counter()
-    for res in results:
-        for art in res.artifacts:
-            path = staging / art.path
-            try:
-                counts = scrubber.scrub_file(path)
-            except OSError as exc:
-                raise RuntimeFailure(f"scrubbing {art.path} failed: {exc.strerror}") from exc
+    arts = [a for res in results for a in res.artifacts]
+    try:
+        for art, (counts, digest, size) in zip(
+            arts, scrub_many(scrubber, [staging / a.path for a in arts]), strict=True
+        ):
             art.scrubbed = counts or {}
+            art.sha256 = digest
+            art.size = size
             totals.update(art.scrubbed)
-            art.sha256 = sha256_file(path)
-            art.size = path.stat().st_size
-        rep.advance(1)
+            rep.advance(1)
+    except OSError as exc:
+        raise RuntimeFailure(f"scrubbing the artifacts failed: {exc.strerror or exc}") from exc
     return dict(totals)
 
 

@@ -14,11 +14,14 @@ ordinary log text costs little more than a copy.
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 MASK = b"<scrubbed>"
@@ -58,6 +61,19 @@ _PEM = re.compile(
     rb"(-----END \2PRIVATE KEY\3-----|\Z)",
     re.DOTALL,
 )
+
+
+# Substrings that every line a rule can match contains (lowercase). Few and short on purpose:
+# each one costs a scan of every chunk, so a key is covered by a trigger it contains.
+_BASE_TRIGGERS = (
+    "pass", "pwd", "secret", "token", "key", "credential", "psk", "communit", "com2sec",
+    "bearer", "authoriz", "://", "snmp",
+)  # fmt: skip
+
+
+def _triggers(keys: Iterable[str]) -> list[str]:
+    extra = {k for k in keys if not any(t in k for t in _BASE_TRIGGERS)}
+    return sorted(set(_BASE_TRIGGERS) | extra)
 
 
 def _key_alternation(keys: Iterable[str]) -> bytes:
@@ -131,21 +147,7 @@ class Scrubber:
                 2,
             ),
         ]
-        self._triggers = sorted(
-            {k for k in keys}
-            | {
-                "bearer",
-                "authorization",
-                "://",
-                "snmp",
-                "com2sec",
-                "community",
-                "server key",
-                "message-digest",
-                "key 7",
-                "key 0",
-            }
-        )
+        self._triggers = _triggers(keys)
         self._trigger_bytes = [t.encode() for t in self._triggers]
         self._literals = sorted(
             {s.encode() for s in literals if len(s) >= 4}, key=len, reverse=True
@@ -213,22 +215,56 @@ class Scrubber:
 
     def scrub_file(self, path: Path) -> dict[str, int] | None:
         """Scrub a text file in place (atomically); None if it looks binary."""
+        return self.scrub_and_digest(path)[0]
+
+    def scrub_and_digest(self, path: Path) -> tuple[dict[str, int] | None, str, int]:
+        """Scrub a text file in place; return (counts or None if binary, sha256, size).
+
+        The digest is computed in the same pass, of the bytes that will be packed.
+        """
+        digest = hashlib.sha256()
+        size = 0
         with open(path, "rb") as src:
             head = src.read(8192)
             if b"\x00" in head:
-                return None
+                digest.update(head)
+                size = len(head)
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                return None, digest.hexdigest(), size
             src.seek(0)
             counts: Counter[str] = Counter()
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scrub-")
             try:
                 with os.fdopen(fd, "wb") as dst:
                     for chunk in _line_chunks(src):
-                        dst.write(self.scrub_bytes(chunk, counts))
-                os.replace(tmp, path)
+                        clean = self.scrub_bytes(chunk, counts)
+                        dst.write(clean)
+                        digest.update(clean)
+                        size += len(clean)
+                if counts:
+                    os.replace(tmp, path)
+                else:  # nothing replaced: keep the original file, skip the rename
+                    os.unlink(tmp)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        return {k: v for k, v in sorted(counts.items()) if v}
+        return {k: v for k, v in sorted(counts.items()) if v}, digest.hexdigest(), size
+
+
+def scrub_many(
+    scrubber: Scrubber, paths: list[Path], parallel_threshold: int = 64 * 1024 * 1024
+) -> Iterator[tuple[dict[str, int] | None, str, int]]:
+    """``scrub_and_digest`` over many files, in order; big jobs use a process per core."""
+    total = sum(p.stat().st_size for p in paths)
+    workers = min(os.cpu_count() or 1, 4)
+    if total < parallel_threshold or workers < 2 or len(paths) < 2:
+        yield from (scrubber.scrub_and_digest(p) for p in paths)
+        return
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        yield from pool.map(scrubber.scrub_and_digest, paths)
 
 
 def _line_chunks(src: object) -> Iterable[bytes]:
