@@ -135,7 +135,15 @@ class Scrubber:
                 re.compile(rb"(^\s*com2sec6?\s+(?:-Cn\s+\S+\s+)?\S+\s+\S+\s+)(\S+)", flags | re.M),
                 2,
             ),
-            ("community", re.compile(rb"(\bsnmp\w*\b[^\n]*?\s-c\s*)(\S+)", flags), 2),
+            # (client tools only: for the snmpd daemon, -c names its config file)
+            (
+                "community",
+                re.compile(
+                    rb"(\bsnmp(?:bulk)?(?:walk|get|getnext|set|table|trap|inform|status|df|"
+                    rb"netstat|test|delta|usm|vacm)\b[^\n]*?\s-c ?)([^\s-]\S*)"
+                ),
+                2,
+            ),
             # device CLI: [words] password|secret|key-string|community [type] VALUE
             (
                 "password",

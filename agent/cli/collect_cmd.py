@@ -174,7 +174,7 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
     who = (
         f"{vendor_recipients} vendor key(s) + this site's identity"
         if vendor_recipients
-        else "this site's identity only (no [vendor] recipients configured)"
+        else "this site's identity only: no [vendor] recipients configured"
     )
     print(
         f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"

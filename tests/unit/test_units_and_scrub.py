@@ -71,6 +71,7 @@ CASES = [
     ('["mysql", "--password", "cmdpw"]', "cmdpw", '"mysql"'),
     ("tacacs-server key 7 045802150C2E", "045802150C2E", "tacacs-server key"),
     ("radius-key = rkey123", "rkey123", "radius-key"),
+    ("snmpget -v2c -cgluedcomm 10.0.0.1 sysName.0", "gluedcomm", "sysName.0"),
 ]
 
 
@@ -87,6 +88,7 @@ def test_scrub_rules(line: str, secret: str, kept: str) -> None:
 
 def test_ordinary_text_is_untouched() -> None:
     text = (
+        b"10353 root /usr/sbin/snmpd -f -Lo -C -c /etc/snmp/snmpd.conf -I -smux\n"
         b"Nov 25 10:00:01 gw1 sipd[12]: INVITE sip:100@pbx from 10.0.0.1 status=200\n"
         b"interface eth0 mtu 1500 rx 1234 tx 5678\nsee http://example.com/path?a=b\n"
     )
