@@ -100,7 +100,8 @@ class JobResult:
     @property
     def exit_code(self) -> int:
         bad = any(r.status in FAILED_STATES for r in self.results)
-        return EXIT_PARTIAL if bad or self.interrupted else EXIT_OK
+        parked = self.delivery is not None and self.delivery.outcome == "parked"
+        return EXIT_PARTIAL if bad or self.interrupted or parked else EXIT_OK
 
 
 def requester() -> str:

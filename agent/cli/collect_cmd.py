@@ -180,10 +180,15 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
         f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"
     )
     d = result.delivery
-    if d is not None and d.outcome != "sent":
+    if d is not None and d.outcome == "parked":
         print(
-            f"delivery: {d.outcome}: {d.message} (queued in the outbox; "
-            "'fieldtrace outbox deliver' retries)"
+            f"delivery: parked: {d.message}\n  the bundle is kept in the outbox; fix the cause, "
+            "then run 'fieldtrace outbox retry' and 'fieldtrace outbox deliver'"
+        )
+    elif d is not None and d.outcome != "sent":
+        print(
+            f"delivery: will retry: {d.message}\n  the bundle is queued in the outbox; "
+            "'fieldtrace outbox deliver' tries again now"
         )
     ident = home / "identity.txt"
     print(f"open it:  fieldtrace bundle open {result.bundle}")
