@@ -260,25 +260,15 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         )
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
         rep.phase("pack", total)
-        if prep.request.output is not None:
-            out = prep.request.output
+        out = prep.request.output
+        outbox = None if out is not None else Outbox(prep.home / "outbox")
+        if out is not None:
             dest = out / name if out.is_dir() else out
-            result.pack = write_bundle(
-                dest,
-                name.removesuffix(SUFFIX),
-                manifest,
-                staging.path,
-                prep.signing_key,
-                prep.recipients,
-                created.timestamp(),
-                rep.advance,
-            )
-            result.bundle = dest
-            return result
-        outbox = Outbox(prep.home / "outbox")
-        tmp = outbox.tmp_dir() / name
+        else:
+            assert outbox is not None
+            dest = outbox.tmp_dir() / name
         result.pack = write_bundle(
-            tmp,
+            dest,
             name.removesuffix(SUFFIX),
             manifest,
             staging.path,
@@ -287,6 +277,10 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             created.timestamp(),
             rep.advance,
         )
+        if outbox is None:  # --output: the technician takes it from here
+            result.bundle = dest
+            return result
+        tmp = dest
         meta = DeliveryMeta(
             bundle_id=bundle_id,
             name=name,
