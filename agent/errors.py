@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1  # done, with failures (partial bundle, violations found)
 EXIT_USAGE = 2  # usage or configuration error; nothing touched
@@ -38,10 +43,10 @@ class RuntimeFailure(FieldtraceError):
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}
 
 
-def pydantic_problems(exc: object, prefix: tuple[str | int, ...] = ()) -> list[str]:
+def pydantic_problems(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
     """Turn a pydantic ValidationError into ``path.to[2].field: reason`` lines."""
     problems = []
-    for err in exc.errors(include_url=False):  # type: ignore[attr-defined]
+    for err in exc.errors(include_url=False):
         loc = [*prefix, *err["loc"]]
         # drop pydantic's union/tag markers such as "function-after[...]" from the path
         loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]

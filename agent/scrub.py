@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 MASK = b"<scrubbed>"
 CHUNK = 1024 * 1024
@@ -275,9 +276,9 @@ def scrub_many(
         yield from pool.map(scrubber.scrub_and_digest, paths)
 
 
-def _line_chunks(src: object) -> Iterable[bytes]:
+def _line_chunks(src: BinaryIO) -> Iterable[bytes]:
     """~1 MiB pieces cut after a newline; a PEM private key block is never cut."""
-    read = src.read  # type: ignore[attr-defined]
+    read = src.read
     rest = b""
     while True:
         block = read(CHUNK)
