@@ -238,7 +238,9 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
     created = datetime.now(UTC)
     staging = _Staging(prep.home, job_id)
     try:
-        runner = Runner(prep.plan, staging.path, settings.collect.max_parallel_devices, rep.step)
+        runner = Runner(
+            prep.plan, staging.path, settings.collect.max_parallel_devices, rep.step, prep.home
+        )
         rep.phase("collect", len(prep.plan.steps))
         started = utcnow()
         results = runner.run()

@@ -21,6 +21,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.kb import KbType, KnowledgeBase, Step
+from agent.sessions import DeviceSessions
 from agent.settings import Device, Settings
 from collectors import registry
 from collectors.base import (
@@ -153,9 +154,15 @@ class Runner:
     """Runs a plan into ``staging``; ``cancel`` stops it early (Ctrl-C)."""
 
     def __init__(
-        self, plan: Plan, staging: Path, max_parallel: int = 8, progress: Progress | None = None
+        self,
+        plan: Plan,
+        staging: Path,
+        max_parallel: int = 8,
+        progress: Progress | None = None,
+        home: Path | None = None,
     ) -> None:
         self.plan = plan
+        self.home = home or staging
         self.staging = staging
         self.max_parallel = max_parallel
         self.progress = progress or (lambda event, step, result: None)
@@ -167,8 +174,12 @@ class Runner:
         order = {id(s): i for i, s in enumerate(self.plan.steps)}
 
         def device_job(device: Device) -> None:
-            for ps in self.plan.for_device(device.name):
-                results[order[id(ps)]] = self._run_step(ps)
+            sessions = DeviceSessions(device, self.home)
+            try:
+                for ps in self.plan.for_device(device.name):
+                    results[order[id(ps)]] = self._run_step(ps, sessions)
+            finally:
+                sessions.close()
 
         workers = max(1, min(self.max_parallel, len(self.plan.devices)))
         with ThreadPoolExecutor(workers, thread_name_prefix="device") as pool:
@@ -183,7 +194,7 @@ class Runner:
                 _wait(futures)
         return [results[i] for i in range(len(self.plan.steps))]
 
-    def _run_step(self, ps: PlannedStep) -> StepResult:
+    def _run_step(self, ps: PlannedStep, sessions: DeviceSessions) -> StepResult:
         step = ps.step
         res = StepResult(ps.device.name, step.id, step.collector, step.options_dict())
         if ps.skip_reason:
@@ -198,7 +209,9 @@ class Runner:
         sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}")
         limit = ps.deadline()
         t0 = time.monotonic()
-        ctx = StepContext(sink=sink, deadline=t0 + limit, cancel=threading.Event())
+        ctx = StepContext(
+            sink=sink, deadline=t0 + limit, cancel=threading.Event(), opener=sessions.get
+        )
         info = DeviceInfo(ps.device.name, ps.device.type, ps.device.address, ps.kbtype.hints())
         outcome: dict[str, Any] = {}
 

@@ -24,7 +24,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,14 +237,32 @@ class DeviceInfo:
     kb: dict[str, Any] = field(default_factory=dict)
 
 
+SessionOpener = Callable[[str], Any]
+
+
+def _no_sessions(kind: str) -> Any:
+    raise StepFailed(f"no {kind} session is available for this device")
+
+
 @dataclass
 class StepContext:
-    """Everything a collector gets besides its options."""
+    """Everything a collector gets besides its options.
+
+    ``session(kind)`` returns the device's open session of that kind (``"ssh"``,
+    ``"snmp"``), opened by the agent with credentials it resolved, shared by all the steps
+    of the device in this job and closed by the runner when they are done. When the session
+    cannot be opened it raises ``StepFailed`` with a message saying why and what to do; the
+    failure is remembered, so a device that is down costs one connection timeout per job,
+    not one per step.
+    """
 
     sink: ArtifactSink
     deadline: float  # time.monotonic() value
     cancel: threading.Event
-    sessions: dict[str, Any] = field(default_factory=dict)
+    opener: SessionOpener = _no_sessions
+
+    def session(self, kind: str) -> Any:
+        return self.opener(kind)
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
