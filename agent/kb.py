@@ -48,6 +48,7 @@ class SshHints(_Model):
     on_open: list[str] = []
     failure_strings: list[str] = []
     pager: str | None = None
+    pager_answer: str = " "  # what to send at a pager prompt (ssh.shell)
 
     _check_prompt = field_validator("prompt", "pager")(_regex)
 

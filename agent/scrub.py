@@ -155,6 +155,17 @@ class Scrubber:
                 ),
                 2,
             ),
+            # the same forms later in a line: "credentials username U password 7 VALUE",
+            # logged commands ("logged command:snmp-server community VALUE RO")
+            (
+                "password",
+                re.compile(
+                    rb"((?<![\w-])(?:password|secret|community)(?:[ \t]+(?:[05789]|md5|sha|"
+                    rb"ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
+                    flags,
+                ),
+                2,
+            ),
         ]
         self._triggers = _triggers(keys)
         self._trigger_bytes = [t.encode() for t in self._triggers]
