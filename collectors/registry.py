@@ -5,10 +5,20 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.ssh import SshCapture, SshCommand, SshFile
 from collectors.ssh_shell import SshShell
 
 _COLLECTORS: dict[str, Collector] = {
-    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile(), SshShell())
+    c.name: c
+    for c in (
+        HostSnapshot(),
+        LocalCommand(),
+        LocalFile(),
+        SshCommand(),
+        SshFile(),
+        SshCapture(),
+        SshShell(),
+    )
 }
 
 
