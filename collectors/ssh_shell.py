@@ -223,7 +223,7 @@ class ShellDriver:
 
 
 def _strip_echo(text: str, command: str) -> str:
-    first, sep, rest = text.partition("\n")
+    first, _, rest = text.partition("\n")
     if first.rstrip().endswith(command.strip()):
         text = rest
     return text.strip("\n") + "\n" if text.strip() else ""
@@ -342,7 +342,8 @@ class SshShell(Collector):
                         entry.update(status="failed", error=f"not run: {exc}")
                         continue
                 t0 = time.monotonic()
-                reply = driver.run(cmd, min(options.timeout, ctx.remaining()), options.max_bytes)
+                limit = min(options.timeout, ctx.remaining())
+                reply = driver.run(cmd, limit, options.max_bytes)
                 entry["artifact"] = artifact_name(cmd, taken)
                 art = ctx.sink.write_text(entry["artifact"], reply.text)
                 art.truncated = reply.truncated
@@ -352,7 +353,7 @@ class SshShell(Collector):
                     pages=reply.pages,
                     truncated=reply.truncated,
                 )
-                entry.update(self._judge(reply, hints, options, driver))
+                entry.update(self._judge(reply, hints, limit < options.timeout))
                 if not reply.complete:  # the CLI is in an unknown state: start afresh
                     driver.channel.close()
                     driver = None
@@ -362,14 +363,12 @@ class SshShell(Collector):
         return self._outcome(results)
 
     @staticmethod
-    def _judge(
-        reply: Reply, hints: ShellHints, options: SshShellOptions, driver: ShellDriver
-    ) -> dict[str, Any]:
+    def _judge(reply: Reply, hints: ShellHints, by_deadline: bool) -> dict[str, Any]:
         if reply.timed_out:
+            limit = "the step's deadline" if by_deadline else "the command's timeout"
             return {
                 "status": "timeout",
-                "error": f"no prompt within {options.timeout:g}s (or the step's deadline); "
-                "the channel was closed",
+                "error": f"no prompt back within {limit}; the channel was closed",
             }
         if reply.closed:
             return {"status": "failed", "error": "the device closed the session"}

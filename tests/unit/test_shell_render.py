@@ -12,7 +12,10 @@ from collectors.ssh_shell import SshShellOptions, _strip_echo, artifact_name, re
     ("raw", "shown"),
     [
         ("plain line  ", "plain line"),
-        (" --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "interface Gi0/0/1", "interface Gi0/0/1"),
+        (
+            " --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "interface Gi0/0/1",
+            "interface Gi0/0/1",
+        ),
         ("--More--\r\x1b[Kinterface Gi0/0/1", "interface Gi0/0/1"),
         ("<--- More --->\r" + " " * 14 + "\rinterface Gi0/0/1", "interface Gi0/0/1"),
         ("\x1b[7m--More--\x1b[m", "--More--"),

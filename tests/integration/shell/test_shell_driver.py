@@ -98,9 +98,7 @@ def test_cancel_stops_a_read(simulator: Sim, shell: Shell) -> None:
     assert time.monotonic() - t0 < 0.5
 
 
-def test_max_bytes_caps_the_output_and_keeps_the_cli_in_step(
-    simulator: Sim, shell: Shell
-) -> None:
+def test_max_bytes_caps_the_output_and_keeps_the_cli_in_step(simulator: Sim, shell: Shell) -> None:
     driver = logged_in(simulator(privileged=True), shell)
     capped = driver.run("show running-config", 5, max_bytes=1000)
     assert capped.truncated and capped.complete
@@ -118,9 +116,7 @@ def test_the_device_closing_the_session_is_reported(simulator: Sim, shell: Shell
     assert reply.closed and not reply.complete and not reply.timed_out
 
 
-def test_a_wrong_prompt_pattern_times_out_instead_of_hanging(
-    simulator: Sim, shell: Shell
-) -> None:
+def test_a_wrong_prompt_pattern_times_out_instead_of_hanging(simulator: Sim, shell: Shell) -> None:
     driver = ShellDriver(shell(simulator()), prompt=r"^router\(config\)#$")
     reply = driver.read_until_prompt(0.5)
     assert reply.timed_out and driver.last_line == "gw1>"
