@@ -62,6 +62,7 @@ class _Silent:
 @dataclass(frozen=True)
 class JobRequest:
     devices: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # every device of these KB types, besides ``devices``
     profile: str | None = None
     ticket: str | None = None
     trigger: str = "cli"
@@ -158,7 +159,7 @@ def prepare(
     """Validate the whole job; raises ConfigError (exit 2) before anything is touched."""
     settings = loaded.settings
     kb = kb or load_context(loaded)
-    devices = select_devices(settings, list(request.devices))
+    devices = select_devices(settings, list(request.devices), request.types)
     profile = request.profile or settings.collect.default_profile
     plan = make_plan(settings, kb, devices, profile)
     base = home()
@@ -348,7 +349,15 @@ def build_manifest(
     for d in prep.plan.devices:
         st = [r.status for r in results if r.device == d.name]
         worst = next((s for s in ("failed", "timeout", "partial") if s in st), "ok")
-        devices.append({"name": d.name, "type": d.type, "address": d.address, "status": worst})
+        devices.append(
+            {
+                "name": d.name,
+                "type": d.type,
+                "address": d.address,
+                "status": worst,
+                "steps": dict(sorted(Counter(st).items())),
+            }
+        )
     return {
         "format": FORMAT,
         "bundle_id": bundle_id,

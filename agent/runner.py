@@ -85,9 +85,12 @@ def _skip_reason(device: Device, step: Step) -> str | None:
     return None
 
 
-def select_devices(settings: Settings, names: list[str]) -> list[Device]:
+def select_devices(
+    settings: Settings, names: list[str], types: list[str] | tuple[str, ...] = ()
+) -> list[Device]:
+    """The devices named, plus every device of the KB types given; all of them if neither."""
     inventory = settings.inventory()
-    if not names:
+    if not names and not types:
         return inventory
     by_name = {d.name: d for d in inventory}
     unknown = [n for n in names if n not in by_name]
@@ -96,7 +99,15 @@ def select_devices(settings: Settings, names: list[str]) -> list[Device]:
             f"unknown device {', '.join(map(repr, unknown))} "
             f"(configured: {', '.join(sorted(by_name))}); see 'fieldtrace devices list'"
         )
-    return [by_name[n] for n in dict.fromkeys(names)]
+    present = sorted({d.type for d in inventory})
+    for t in types:
+        if t not in present:
+            raise ConfigError(
+                f"--type {t}: no configured device has KB type {t!r} "
+                f"(types in the inventory: {', '.join(present)})"
+            )
+    chosen = [by_name[n] for n in names] + [d for d in inventory if d.type in types]
+    return list({d.name: d for d in chosen}.values())
 
 
 def make_plan(settings: Settings, kb: KnowledgeBase, devices: list[Device], profile: str) -> Plan:
