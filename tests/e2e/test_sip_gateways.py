@@ -4,6 +4,11 @@ gateways (device-CLI simulators on loopback) -> one bundle, opened with stock ag
 from __future__ import annotations
 
 import io
+import os
+import re
+import select
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import datetime
@@ -183,3 +188,48 @@ def test_selection_errors_touch_nothing(cli: Cli) -> None:
     both = cli.run("collect", "--all", "local", check=2)
     assert "--all cannot be combined" in both.stderr
     assert not (cli.home / "outbox" / "delivered").exists()
+
+
+def test_progress_on_a_terminal_shows_each_device(
+    cli: Cli, gateways: tuple[CliSimulator, CliSimulator]
+) -> None:
+    # stderr is a terminal: the progress display has a line per device with its current
+    # step, then its status
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "collect", "--type", "sip-gateway"],
+            cwd=cli.cwd,
+            env={**cli.env, "COLUMNS": "160", "TERM": "xterm"},
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        screen = bytearray()
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, "no progress output within 60s"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    assert proc.returncode == 1
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode("utf-8", "replace"))
+    assert re.search(
+        r"gw[12] [^\r\n]* (version|config|interfaces|sip|logging) \(ssh\.shell\)", text
+    )
+    assert re.search(r"gw1 [^\r\n]*100% ok", text)
+    assert re.search(r"gw2 [^\r\n]*100% failed", text)
+    # and the summary on stdout has a line per device
+    assert "gw1 (sip-gateway): ok (ok 5)" in out
+    assert "gw2 (sip-gateway): failed (failed 1, ok 4)" in out
