@@ -5,9 +5,18 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.ssh import SshCapture, SshCommand, SshFile
 
 _COLLECTORS: dict[str, Collector] = {
-    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile())
+    c.name: c
+    for c in (
+        HostSnapshot(),
+        LocalCommand(),
+        LocalFile(),
+        SshCommand(),
+        SshFile(),
+        SshCapture(),
+    )
 }
 
 
