@@ -240,7 +240,12 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
     staging = _Staging(prep.home, job_id)
     try:
         runner = Runner(
-            prep.plan, staging.path, settings.collect.max_parallel_devices, rep.step, prep.home
+            prep.plan,
+            staging.path,
+            settings.collect.max_parallel_devices,
+            rep.step,
+            prep.home,
+            prep.scrubber,
         )
         rep.phase("collect", len(prep.plan.steps))
         started = utcnow()
@@ -315,13 +320,20 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
 def scrub_and_hash(
     scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
 ) -> dict[str, int]:
-    """Scrub every artifact in place and record its sha256, size and scrub counts."""
+    """Scrub every artifact not scrubbed on its way in; record sha256, size, scrub counts."""
     totals: Counter[str] = Counter()
     arts = [a for res in results for a in res.artifacts]
+    todo = []
+    for art in arts:
+        if art.scrubbed_on_write or (art.binary and art.written_sha256):
+            art.sha256 = art.written_sha256
+            totals.update(art.scrubbed)
+            rep.advance(1)
+        else:
+            todo.append(art)
     try:
-        for art, (counts, digest, size) in zip(
-            arts, scrub_many(scrubber, [staging / a.path for a in arts]), strict=True
-        ):
+        paths = [staging / a.path for a in todo]
+        for art, (counts, digest, size) in zip(todo, scrub_many(scrubber, paths), strict=True):
             art.scrubbed = counts or {}
             art.sha256 = digest
             art.size = size

@@ -31,6 +31,7 @@ from collectors.base import (
     StepContext,
     StepError,
     StepPartial,
+    TextScrubber,
 )
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,11 @@ class Runner:
         max_parallel: int = 8,
         progress: Progress | None = None,
         home: Path | None = None,
+        scrubber: TextScrubber | None = None,
     ) -> None:
         self.plan = plan
         self.home = home or staging
+        self.scrubber = scrubber
         self.staging = staging
         self.max_parallel = max_parallel
         self.progress = progress or (lambda event, step, result: None)
@@ -217,7 +220,7 @@ class Runner:
             self.progress("end", ps, res)
             return res
         collector = registry.get(step.collector)
-        sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}")
+        sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}", scrubber=self.scrubber)
         limit = ps.deadline()
         t0 = time.monotonic()
         ctx = StepContext(

@@ -287,7 +287,8 @@ def open_ssh(device: Device, home: Path) -> SshSession:
         if via:
             via.close()
         text = str(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError) or "timeout" in text.lower() or "banner" in text.lower():
+        slow = ("timeout", "timed out", "banner", "no existing session", "negotiation failed")
+        if isinstance(exc, TimeoutError) or any(w in text.lower() for w in slow):
             raise StepFailed(
                 f"{device.name}: SSH handshake with {where} did not complete within {timeout:g}s "
                 f"({text}); is it an SSH server, and is the device overloaded?"
