@@ -129,11 +129,11 @@ class Reply:
 class ShellDriver:
     """Talks to an interactive CLI on an open channel: waits for prompts, answers pagers.
 
-    ``read_until_prompt`` reads until the last, unfinished line matches ``prompt`` (only
-    that line is tested, so command output that merely contains prompt-like text does not
-    end the read). A last line matching ``pager`` is removed and answered. Reads are
-    bounded by a timeout, ``max_bytes`` (output past it is read and dropped, so the CLI
-    stays in step) and the ``cancel`` event.
+    ``read_until_prompt`` reads until the last, unfinished line is a prompt: ``prompt``
+    matches it from its first character (only that line is tested, so finished output lines
+    that look like prompts do not end the read). A last line matching ``pager`` is removed
+    and answered. Reads are bounded by a timeout, ``max_bytes`` (output past it is read and
+    dropped, so the CLI stays in step) and the ``cancel`` event.
     """
 
     def __init__(
@@ -198,7 +198,7 @@ class ShellDriver:
                 pages += 1
                 self.channel.sendall(self.pager_answer)
                 continue
-            if last and self.prompt.search(last):
+            if last and self.is_prompt(last):
                 prompt = last
                 break
         self.last_line = render_line(line.decode("utf-8", "replace"))
@@ -206,6 +206,12 @@ class ShellDriver:
             keep(line)  # what arrived before the timeout is output too
         text = render(head.decode("utf-8", "replace"))
         return Reply(text, prompt, total, pages, truncated, timed_out, closed)
+
+    def is_prompt(self, line: str) -> bool:
+        """The whole line is a prompt: a match that starts where the line does, so output
+        like ``From: <sip:100@10.0.0.1>`` cut at a packet boundary does not end the read."""
+        m = self.prompt.search(line)
+        return m is not None and m.start() == 0
 
     def run(self, command: str, timeout: float, max_bytes: int = 16 * 1024**2) -> Reply:
         """Type ``command``, read its output up to the next prompt, drop the echo."""

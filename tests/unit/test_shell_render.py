@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from collectors.ssh_shell import SshShellOptions, _strip_echo, artifact_name, render, render_line
+from collectors.ssh_shell import (
+    ShellDriver,
+    SshShellOptions,
+    _strip_echo,
+    artifact_name,
+    render,
+    render_line,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +78,42 @@ def test_options_take_one_command_or_a_list() -> None:
 def test_bad_options_are_refused(opts: dict[str, object], reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
         SshShellOptions.model_validate(opts)
+
+
+class ScriptedChannel:
+    """A channel-like object replaying chunks, recording what is sent."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.sent: list[bytes] = []
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def recv(self, nbytes: int) -> bytes:
+        if not self.chunks:
+            raise TimeoutError
+        return self.chunks.pop(0)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_prompt_like_output_cut_at_a_packet_boundary_does_not_end_the_read() -> None:
+    chan = ScriptedChannel(
+        [b"show log\r\nFrom: <sip:100@10.0.0.1>", b"\r\nTo: <sip:200@gw1>", b"\r\ngw1# "]
+    )
+    reply = ShellDriver(chan, prompt=r"[\w.-]+[#>] ?$").run("show log", 1)
+    assert reply.prompt == "gw1#"
+    assert reply.text == "From: <sip:100@10.0.0.1>\nTo: <sip:200@gw1>\n"
+    assert chan.sent == [b"show log\n"]
+
+
+def test_pager_prompt_is_answered_with_the_configured_answer() -> None:
+    chan = ScriptedChannel([b"x\r\na\r\n -- More -- ", b"\r          \rb\r\nsbc1> "])
+    reply = ShellDriver(chan, pager_answer="\n").run("x", 1)
+    assert reply.text == "a\nb\n" and reply.pages == 1
+    assert chan.sent == [b"x\n", b"\n"]
