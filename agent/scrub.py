@@ -158,12 +158,13 @@ class Scrubber:
                 2,
             ),
             # the same forms later in a line: "credentials username U password 7 VALUE",
-            # logged commands ("logged command:snmp-server community VALUE RO")
+            # logged commands ("logged command:snmp-server community VALUE RO"), "... key 7 V"
             (
                 "password",
                 re.compile(
-                    rb"((?<![\w-])(?:password|secret|community)(?:[ \t]+(?:[05789]|md5|sha|"
-                    rb"ascii|hex|encrypted|cipher))*[ \t]+)(?![:=])(\S+)",
+                    rb"((?<![\w-])(?:password|secret|community|key(?=[ \t]+[07][ \t]))"
+                    rb"(?:[ \t]+(?:[05789]|md5|sha|ascii|hex|encrypted|cipher))*[ \t]+)"
+                    rb"(?![:=])(\S+)",
                     flags,
                 ),
                 2,
