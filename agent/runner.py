@@ -270,8 +270,9 @@ class Runner:
             if self.cancel.is_set() and exc.status == "timeout":
                 res.status = "partial"
                 res.error = "interrupted by the user"
-            if isinstance(exc, StepPartial):
-                res.facts = exc.facts
+            facts = exc.facts if isinstance(exc, StepPartial) else getattr(exc, "facts", None)
+            if isinstance(facts, dict):  # what a failed step still knows (e.g. per command)
+                res.facts = facts
         else:
             log.error(
                 "bug in collector %s (%s/%s)", step.collector, ps.device.name, step.id, exc_info=exc

@@ -430,5 +430,19 @@ class SshShell(Collector):
         if len(bad) < n:
             raise StepPartial(f"{len(bad)} of {n} commands did not succeed: {msg}", facts)
         if all(r["status"] in ("timeout", "not run") for r in bad):
-            raise StepTimeout(msg)
-        raise StepFailed(msg)
+            raise CommandsTimedOut(msg, facts)
+        raise CommandsFailed(msg, facts)
+
+
+class CommandsFailed(StepFailed):
+    """No command succeeded; ``facts`` still lists each one (the runner records them)."""
+
+    def __init__(self, message: str, facts: Facts) -> None:
+        super().__init__(message)
+        self.facts = facts
+
+
+class CommandsTimedOut(StepTimeout):
+    def __init__(self, message: str, facts: Facts) -> None:
+        super().__init__(message)
+        self.facts = facts

@@ -152,6 +152,7 @@ def test_collect_by_type_fans_out_into_one_bundle(
     config2 = next(s for s in m["steps"] if s["device"] == "gw2" and s["id"] == "config")
     assert config2["status"] == "failed"
     assert "% Invalid input detected" in config2["error"]
+    assert config2["facts"]["commands"][0]["status"] == "failed"
     assert "Invalid input" in (top / "gw2/config/show_running-config.txt").read_text()
 
     # secrets in the configuration and the log never reach the bundle

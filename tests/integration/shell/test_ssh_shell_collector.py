@@ -76,7 +76,7 @@ def run_step(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
         except StepPartial as exc:
             facts, error = exc.facts, exc
         except StepError as exc:
-            error = exc
+            facts, error = getattr(exc, "facts", {}), exc
         took = time.monotonic() - t0
         files = {a.path.rsplit("/", 1)[1]: (staging / a.path).read_text() for a in sink.artifacts}
         return Outcome(facts, error, files, sink, took)
@@ -146,6 +146,7 @@ def test_all_commands_failing_fails_the_step(
     out = run_step(simulator(), {"commands": ["show sip-ua bogus", "show nothing"]})
     assert out.error is not None and out.error.status == "failed"
     assert "show sip-ua bogus" in str(out.error) and "show nothing" in str(out.error)
+    assert out.statuses() == ["failed", "failed"]  # still recorded per command
 
 
 def test_a_hanging_command_times_out_and_the_rest_still_run(
@@ -169,6 +170,7 @@ def test_the_step_deadline_bounds_everything(
     assert out.error is not None and out.error.status == "timeout"
     assert "'hang': timeout: no prompt back within the step's deadline" in str(out.error)
     assert "'show version': not run" in str(out.error)
+    assert out.statuses() == ["timeout", "not run"]
     assert out.seconds < 3
 
 
