@@ -234,3 +234,22 @@ def test_progress_on_a_terminal_shows_each_device(
     # and the summary on stdout has a line per device
     assert "gw1 (sip-gateway): ok (ok 5)" in out
     assert "gw2 (sip-gateway): failed (failed 1, ok 4)" in out
+
+
+def test_a_device_that_is_down_does_not_hold_up_the_others(
+    cli: Cli, gateways: tuple[CliSimulator, CliSimulator], tmp_path: Path
+) -> None:
+    gw1, gw2 = gateways
+    gw2.stop()  # its port now refuses connections
+    data = collect_json(cli, "gw1", "gw2", check=1)
+    assert [(d["name"], d["status"]) for d in data["devices"]] == [
+        ("gw1", "ok"),
+        ("gw2", "failed"),
+    ]
+    gw2_steps = [s for s in data["steps"] if s["device"] == "gw2"]
+    assert len(gw2_steps) == 5
+    assert all("connection refused" in s["error"] for s in gw2_steps)
+    top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
+    assert (top / "gw1/sip/show_sip-ua_calls.txt").is_file()
+    assert not (top / "gw2").exists()
+    assert gw1.connections == 1
