@@ -107,6 +107,7 @@ def test_collect_by_type_fans_out_into_one_bundle(
     cli: Cli, gateways: tuple[CliSimulator, CliSimulator], tmp_path: Path
 ) -> None:
     gw1, gw2 = gateways
+    gw1.latency = gw2.latency = 0.2  # each command takes a while, as on a real gateway
     data = collect_json(cli, "--type", "sip-gateway", check=1)
     # per-device status in the --json output: gw2's account cannot read the running config
     assert [(d["name"], d["status"]) for d in data["devices"]] == [
@@ -196,6 +197,8 @@ def test_progress_on_a_terminal_shows_each_device(
 ) -> None:
     # stderr is a terminal: the progress display has a line per device with its current
     # step, then its status
+    for gw in gateways:
+        gw.latency = 0.2  # each step lasts a few screen refreshes
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen(
