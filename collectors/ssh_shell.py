@@ -336,8 +336,11 @@ class SshShell(Collector):
             for cmd in options.command_list():
                 entry: dict[str, Any] = {"command": cmd, "status": "not run"}
                 results.append(entry)
-                if ctx.cancel.is_set() or ctx.remaining() <= 0:
+                if ctx.remaining() <= 0:
                     entry["error"] = "not run: the step's deadline was reached"
+                    continue
+                if ctx.cancel.is_set():
+                    entry["error"] = "not run: the job was interrupted"
                     continue
                 if driver is None:
                     try:
@@ -380,7 +383,7 @@ class SshShell(Collector):
             return {"status": "failed", "error": "the device closed the session"}
         for s in hints.failure_strings:
             if s in reply.text:
-                line = next(ln for ln in reply.text.splitlines() if s in ln)
+                line = next((ln for ln in reply.text.splitlines() if s in ln), s)
                 return {"status": "failed", "error": f"device said: {line.strip()[:200]}"}
         return {"status": "ok", "prompt": reply.prompt}
 
