@@ -23,6 +23,7 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
+SFTP_WINDOW = 8 * 1024**2
+SFTP_PACKET = 256 * 1024
 _STOP_GRACE = 2.0  # seconds between TERM, KILL and giving up on the channel
 
 
@@ -269,13 +272,19 @@ class SshSession:
             if self._sftp is not None and not self._sftp.sock.closed:
                 return self._sftp
             try:
-                self._sftp = self.client.open_sftp()
+                # a wide window and big packets: paramiko's cost is per packet, so this
+                # roughly doubles throughput on fast links
+                chan = self._transport().open_session(
+                    window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
+                )
+                chan.settimeout(max(self.timeout, 5.0))
+                chan.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise SessionLost(
                     f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
                     "(is the sftp subsystem enabled on the device?)"
                 ) from exc
-            self._sftp.get_channel().settimeout(max(self.timeout, 5.0))  # type: ignore[union-attr]
             return self._sftp
 
     def close(self) -> None:
@@ -515,21 +524,117 @@ class SshFile(Collector):
         cap = out.max_bytes
         skip = size - cap if tail and size > cap else 0
         with sftp.open(path, "rb") as fh:
+            if not size:  # /proc-like files report size 0: plain reads up to EOF or the cap
+                while not out.full and (chunk := fh.read(min(CHUNK, cap - out.artifact.size))):
+                    ctx.check()
+                    out.write(chunk)
+                if out.full and fh.read(1):
+                    out.artifact.truncated = True
+                return
+            write: Callable[[bytes], int] = out.write
             if skip:
-                fh.seek(skip)
-                fh.prefetch(size)
-                fh.readline(64 * 1024)  # start on a whole line
                 out.artifact.truncated = True
-            elif size:
-                fh.prefetch(min(size, cap))
-            while not out.full:
-                ctx.check()
-                chunk = fh.read(min(CHUNK * 4, cap - out.artifact.size))
-                if not chunk:
-                    break
-                out.write(chunk)
-            if out.full and size > out.artifact.size:
+                write = _from_next_line(out.write)
+            sftp_read(sftp, fh, skip, min(size - skip, cap), write, ctx.check)
+            if size - skip > cap:
                 out.artifact.truncated = True
+
+
+def _from_next_line(write: Callable[[bytes], int]) -> Callable[[bytes], int]:
+    """A writer that drops bytes up to the first newline (within 64 KiB): a tail starts on
+    a whole line."""
+    state = {"dropped": 0, "found": False}
+
+    def inner(data: bytes) -> int:
+        if not state["found"]:
+            cut = data.find(b"\n")
+            if cut < 0 and state["dropped"] + len(data) < 64 * 1024:
+                state["dropped"] += len(data)
+                return 0
+            state["found"] = True
+            data = data[cut + 1 :] if cut >= 0 else data
+        return write(data)
+
+    return inner
+
+
+class _Responses:
+    """Collects the answers to our pipelined SFTP reads; paramiko's SFTPClient calls
+    ``_async_response`` for each response to a request registered with this object."""
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp = sftp
+        self.done: dict[int, bytes | BaseException] = {}
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        from paramiko.sftp import CMD_DATA, CMD_STATUS
+
+        if t == CMD_DATA:
+            self.done[num] = msg.get_string()
+        elif t == CMD_STATUS:
+            try:
+                self.sftp._convert_status(msg)  # type: ignore[attr-defined]
+                self.done[num] = b""
+            except EOFError:
+                self.done[num] = b""  # SFTP "end of file" status, not a lost connection
+            except OSError as exc:
+                self.done[num] = exc
+        else:
+            self.done[num] = OSError(f"unexpected SFTP response type {t}")
+
+
+def sftp_read(
+    sftp: paramiko.SFTPClient,
+    fh: paramiko.SFTPFile,
+    start: int,
+    length: int,
+    write: Callable[[bytes], object],
+    check: Callable[[], None],
+    request: int = 128 * 1024,
+    window: int = 64,
+) -> int:
+    """Read ``length`` bytes from ``start`` of an open remote file with up to ``window``
+    read requests in flight, handing data to ``write`` in order; returns bytes read.
+
+    paramiko's own ``prefetch`` keeps the whole rest of the file in memory and can stall
+    (see TESTBED.md), so this keeps a bounded window of requests (``window * request``
+    bytes) using SFTPClient's request/response primitives. A dropped connection raises
+    ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the channel's timeout).
+    """
+    from paramiko.sftp import CMD_READ, int64
+
+    replies = _Responses(sftp)
+    ask = sftp._async_request  # type: ignore[attr-defined]
+    wait = sftp._read_response  # type: ignore[attr-defined]
+    handle = fh.handle
+    pending: deque[tuple[int, int, int]] = deque()
+    end = start + length
+    offset = start
+    got = 0
+    eof = False
+    while pending or (offset < end and not eof):
+        while not eof and len(pending) < window and offset < end:
+            n = min(request, end - offset)
+            pending.append((ask(replies, CMD_READ, handle, int64(offset), n), offset, n))
+            offset += n
+        num, at, n = pending.popleft()
+        while num not in replies.done:
+            wait()
+        data = replies.done.pop(num)
+        if isinstance(data, BaseException):
+            raise data
+        if eof:
+            continue  # answers past the end of a file that shrank
+        if not data:
+            eof = True
+            continue
+        check()
+        write(data)
+        got += len(data)
+        if len(data) < n:  # a short read: ask for the rest before anything else
+            rest = (at + len(data), n - len(data))
+            pending.appendleft((ask(replies, CMD_READ, handle, int64(rest[0]), rest[1]), *rest))
+    return got
 
 
 # --- ssh.capture ---------------------------------------------------------------------------
