@@ -106,7 +106,9 @@ class SshSession:
         import paramiko
 
         try:
-            return self._transport().open_session(timeout=self.timeout)
+            return self._transport().open_session(
+                window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
+            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SessionLost(
                 f"{self.device_name}: cannot open an SSH channel: {exc or type(exc).__name__}"

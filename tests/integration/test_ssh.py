@@ -168,6 +168,21 @@ def test_hanging_command_times_out_and_is_killed(
     assert "sleep 300" not in left  # the SSH signal request killed it on the device
 
 
+def test_open_shell_gives_an_interactive_pty(user_session: SshSession) -> None:
+    chan = user_session.open_shell(width=123, height=40, timeout=10)
+    try:
+        chan.sendall(b"stty size; echo marker-$((6*7))\n")
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"marker-42" not in seen and time.monotonic() < deadline:
+            seen += chan.recv(4096)
+        assert b"marker-42" in seen and b"40 123" in seen
+    finally:
+        chan.close()
+    # the session and its SFTP client are reused, not reopened
+    assert user_session.sftp() is user_session.sftp()
+
+
 # --- host keys, credentials, reachability ---------------------------------------------------
 
 
