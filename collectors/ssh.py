@@ -52,9 +52,14 @@ log = logging.getLogger(__name__)
 
 STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
+MAX_RECONNECTS = 2
 SFTP_WINDOW = 8 * 1024**2
 SFTP_PACKET = 256 * 1024
 _STOP_GRACE = 2.0  # seconds between TERM, KILL and giving up on the channel
+
+
+# () -> (a connected, host-key-verified client, things to close with it)
+Reopen = Callable[[], "tuple[paramiko.SSHClient, list[Any]]"]
 
 
 @dataclass(frozen=True)
@@ -86,21 +91,50 @@ class SessionLost(StepFailed):
 class SshSession:
     """One device's SSH connection, shared by its steps in a job; thread-safe."""
 
-    def __init__(self, device_name: str, client: paramiko.SSHClient, timeout: float = 10.0):
+    def __init__(
+        self,
+        device_name: str,
+        client: paramiko.SSHClient,
+        timeout: float = 10.0,
+        reopen: Reopen | None = None,
+    ):
         self.device_name = device_name
         self.client = client
         self.timeout = timeout  # for opening channels and SFTP round trips
         self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._extra: list[Any] = []  # e.g. the jump host's session, closed with this one
+        self._reopen = reopen
+        self.reconnects = 0
 
     # --- channels ---------------------------------------------------------------------
 
     def _transport(self) -> paramiko.Transport:
-        t = self.client.get_transport()
-        if t is None or not t.is_active():
-            raise SessionLost(f"{self.device_name}: the SSH connection was lost")
-        return t
+        """The live transport; a connection that died between operations (a device's idle
+        timeout, a network blip) is re-established up to MAX_RECONNECTS times."""
+        with self._lock:
+            t = self.client.get_transport()
+            if t is not None and t.is_active():
+                return t
+            why = t.get_exception() if t is not None else None
+            lost = f"{self.device_name}: the SSH connection was lost" + (f" ({why})" if why else "")
+            if self._reopen is None or self.reconnects >= MAX_RECONNECTS:
+                raise SessionLost(lost)
+            self.reconnects += 1
+            log.warning("%s; reconnecting (%d/%d)", lost, self.reconnects, MAX_RECONNECTS)
+            self._close_quietly()
+            self.client, self._extra = self._reopen()
+            t = self.client.get_transport()
+            assert t is not None
+            return t
+
+    def _close_quietly(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        for thing in (sftp, self.client, *self._extra):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._extra = []
 
     def _channel(self) -> paramiko.Channel:
         import paramiko
@@ -291,14 +325,8 @@ class SshSession:
 
     def close(self) -> None:
         with self._lock:
-            sftp, self._sftp = self._sftp, None
-        if sftp is not None:
-            with contextlib.suppress(Exception):
-                sftp.close()
-        self.client.close()
-        for extra in self._extra:
-            with contextlib.suppress(Exception):
-                extra.close()
+            self._reopen = None
+            self._close_quietly()
 
 
 def _session(ctx: StepContext) -> SshSession:

@@ -183,6 +183,22 @@ def test_open_shell_gives_an_interactive_pty(user_session: SshSession) -> None:
     assert user_session.sftp() is user_session.sftp()
 
 
+def test_a_connection_lost_between_steps_is_reopened(tmp_path: Path) -> None:
+    with running_sshd() as server:
+        s = open_ssh(device(server), trusting_home(tmp_path, server))
+        try:
+            assert s.run("echo one", timeout=10).stdout == b"one\n"
+            for pid in server.session_pids():  # the device drops the connection
+                os.kill(pid, 9)
+            deadline = time.monotonic() + 5
+            while s._transport_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert s.run("echo two", timeout=10).stdout == b"two\n"
+            assert s.reconnects == 1
+        finally:
+            s.close()
+
+
 # --- host keys, credentials, reachability ---------------------------------------------------
 
 
