@@ -186,13 +186,14 @@ class SshSession:
     ) -> StreamResult:
         """Run ``command``, handing stdout to ``on_stdout`` as it arrives.
 
-        ``on_stdout`` returns False to stop the command (a cap was reached); it keeps being
-        called with what the command still writes while it stops, so a caller can keep a
-        final flush (tcpdump writes its last packets on SIGTERM). At ``timeout`` or when
-        ``cancel`` is set the command is stopped the same way. stderr is kept up to
-        ``stderr_max`` bytes and drained past it. ``on_stop(stderr_so_far)`` is called once
-        when stopping starts, for a caller that knows a better way to stop the command
-        (OpenSSH ignores signal requests on root logins, which have no privilege separation).
+        ``on_stdout`` returns False to stop the command (a cap was reached): it gets a TERM
+        signal and the channel is closed. At ``timeout`` or when ``cancel`` is set the
+        command gets TERM, then KILL, and ``on_stdout`` keeps being called with what it
+        still writes until it ends (tcpdump writes its last packets on SIGTERM). stderr is
+        kept up to ``stderr_max`` bytes and drained past it. ``on_stop(stderr_so_far)`` is
+        called once when stopping starts, for a caller that knows a better way to stop the
+        command (OpenSSH ignores signal requests on root logins, which have no privilege
+        separation).
         """
         chan = self._channel()
         started = time.monotonic()
@@ -234,6 +235,9 @@ class SshSession:
                         self._signal(chan, signals.pop(0))
                         if on_stop is not None:
                             on_stop(bytes(stderr))
+                        if stopped:
+                            break  # the caller has what it wants: closing the channel also
+                            # ends a command still writing (EPIPE) where signals are ignored
                 elif now - stop_at > _STOP_GRACE:
                     if not signals:
                         break  # the server ignores signals: closing the channel ends it
