@@ -1,0 +1,767 @@
+"""SNMP: a blocking session over pysnmp 7's asyncio hlapi, and ``snmp.get`` / ``snmp.walk``.
+
+``SnmpSession`` hides asyncio: each session owns one event loop running in its own thread,
+with one pysnmp ``SnmpEngine`` and transport target bound to it; ``get``/``walk``/``probe``
+submit one PDU at a time with ``run_coroutine_threadsafe`` and wait for it from the calling
+(step) thread, checking the step's deadline and cancel event while they wait. Any number of
+threads may call a session; many sessions run side by side (one per device per job).
+
+Names: OIDs may be numeric or names of the standard MIBs (SNMPv2-MIB, IF-MIB,
+HOST-RESOURCES-MIB, ENTITY-MIB) from a shipped table (``collectors/mibs/standard.yaml``,
+see its header for why a table). Output is in the text format of net-snmp's ``snmpwalk``
+(``IF-MIB::ifDescr.1 = STRING: lo``) plus JSON rows ``{oid, name, type, value}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import logging
+import re
+import string
+import struct
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from collectors.base import (
+    Collector,
+    DeviceInfo,
+    Facts,
+    Options,
+    StepContext,
+    StepFailed,
+    StepPartial,
+    StepTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+Oid = tuple[int, ...]
+
+# --- the name table -----------------------------------------------------------------------
+
+_NUMERIC = re.compile(r"^\.?\d+(?:\.\d+)*$")
+_NAMED = re.compile(r"^(?:([A-Za-z][\w-]*)::)?([A-Za-z][\w-]*)((?:\.\d+)*)$")
+
+
+@dataclass(frozen=True)
+class MibObject:
+    module: str
+    name: str
+    oid: Oid
+    hint: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.module}::{self.name}"
+
+
+class MibTable:
+    """Name <-> OID for the objects of the shipped table; longest-prefix naming of results."""
+
+    NAMING_EXCLUDED = ("SNMPv2-SMI",)  # accepted in input, never used to name results
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.by_name: dict[str, MibObject] = {}
+        self.by_oid: dict[Oid, MibObject] = {}
+        self.enums: dict[str, dict[int, str]] = {
+            k: {int(n): str(v) for n, v in values.items()}
+            for k, values in (data.get("enums") or {}).items()
+        }
+        for module, objects in data["modules"].items():
+            for name, spec in objects.items():
+                oid_text, _, hint = str(spec).partition(" ")
+                obj = MibObject(module, name, _parse_numeric(oid_text), hint or None)
+                if hint and hint not in ("d", "x", "date") and hint not in self.enums:
+                    raise ValueError(f"{obj.label}: unknown hint {hint!r}")
+                self.by_name[obj.label] = obj
+                self.by_name.setdefault(name, obj)
+                if module not in self.NAMING_EXCLUDED:
+                    self.by_oid[obj.oid] = obj
+        self.modules = sorted(m for m in data["modules"] if m not in self.NAMING_EXCLUDED)
+        self.max_len = max(len(o) for o in self.by_oid)
+
+    def resolve(self, text: str) -> Oid:
+        """``"IF-MIB::ifDescr.1"``, ``"ifXTable"``, ``"1.3.6.1.2.1.1"`` -> OID; ValueError."""
+        text = text.strip()
+        if _NUMERIC.match(text):
+            return _parse_numeric(text)
+        m = _NAMED.match(text)
+        if not m:
+            raise ValueError(
+                f"not an OID: {text!r} (expected 1.3.6.1.2.1.2.2 or a name like IF-MIB::ifTable)"
+            )
+        module, name, suffix = m.groups()
+        obj = self.by_name.get(f"{module}::{name}" if module else name)
+        if obj is None:
+            raise ValueError(
+                f"unknown MIB object {text!r}: fieldtrace knows the names of "
+                f"{', '.join(self.modules)} (and SNMPv2-SMI roots like enterprises); "
+                "give other objects numerically (1.3.6.1.4.1....)"
+            )
+        return obj.oid + (_parse_numeric(suffix) if suffix else ())
+
+    def lookup(self, oid: Oid) -> tuple[MibObject, Oid] | None:
+        """The longest known prefix of ``oid`` and the rest (the index), or None."""
+        for n in range(min(len(oid), self.max_len), 0, -1):
+            obj = self.by_oid.get(oid[:n])
+            if obj is not None:
+                return obj, oid[n:]
+        return None
+
+    def name(self, oid: Oid) -> str:
+        found = self.lookup(oid)
+        if found is None:
+            return _dotted(oid)
+        obj, index = found
+        return obj.label + "".join(f".{i}" for i in index)
+
+
+def _parse_numeric(text: str) -> Oid:
+    parts = text.strip().lstrip(".").split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not a numeric OID: {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _dotted(oid: Oid) -> str:
+    return "." + ".".join(map(str, oid))
+
+
+@functools.cache
+def mib_table() -> MibTable:
+    import yaml
+
+    text = resources.files("collectors").joinpath("mibs/standard.yaml").read_text("utf-8")
+    return MibTable(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+
+
+def resolve_oid(text: str) -> Oid:
+    return mib_table().resolve(text)
+
+
+# --- rendering values like net-snmp ------------------------------------------------------
+
+_PRINTABLE = frozenset(string.printable.encode())  # C isprint() or isspace(), in the C locale
+
+
+@dataclass(frozen=True)
+class Row:
+    """One varbind as shown to users: ``name = text`` and a JSON row."""
+
+    oid: Oid
+    name: str
+    type: str  # net-snmp's label: STRING, Hex-STRING, INTEGER, Counter32 ... ("" for none)
+    value: Any  # JSON value: int, str, hex digits for Hex-STRING, dotted OID, None
+    text: str  # what snmpwalk prints after "= "
+
+    def line(self) -> str:
+        return f"{self.name} = {self.text}\n"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"oid": ".".join(map(str, self.oid)), "name": self.name, "type": self.type,
+                "value": self.value}  # fmt: skip
+
+
+def _timeticks(ticks: int) -> str:
+    cs = ticks % 100
+    secs = ticks // 100
+    days, secs = divmod(secs, 86400)
+    hours, secs = divmod(secs, 3600)
+    minutes, secs = divmod(secs, 60)
+    hms = f"{hours}:{minutes:02d}:{secs:02d}.{cs:02d}"
+    if days == 0:
+        return hms
+    return f"{days} day{'s' if days > 1 else ''}, {hms}"
+
+
+def _hex(data: bytes) -> str:
+    return "\n".join(
+        "".join(f"{b:02X} " for b in data[i : i + 16]) for i in range(0, len(data), 16)
+    )
+
+
+def _date_and_time(b: bytes) -> str:
+    if len(b) not in (8, 11):
+        return _hex(b)
+    text = f"{b[0] * 256 + b[1]}-{b[2]}-{b[3]},{b[4]}:{b[5]}:{b[6]}.{b[7]}"
+    if len(b) == 11:
+        text += f",{chr(b[8])}{b[9]}:{b[10]}"
+    return text
+
+
+def _octets(data: bytes, hint: str | None) -> tuple[str, Any, str]:
+    if hint == "d":
+        text = data.decode("utf-8", "replace")
+        return "STRING", text, f"STRING: {text}"
+    if hint == "x":
+        text = ":".join(f"{b:x}" for b in data)
+        return "STRING", text, f"STRING: {text}"
+    if hint == "date" and data:
+        text = _date_and_time(data)
+        return "STRING", text, f"STRING: {text}"
+    if not data:
+        return "STRING", "", '""'
+    if all(b in _PRINTABLE for b in data):
+        text = data.decode("latin-1")
+        quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+        return "STRING", text, f'STRING: "{quoted}"'
+    return "Hex-STRING", data.hex(), f"Hex-STRING: {_hex(data)}"
+
+
+def _opaque(data: bytes) -> tuple[str, Any, str]:
+    # net-snmp's opaque-wrapped float/double (tag 0x9f78/0x9f79)
+    if len(data) == 7 and data[:3] == b"\x9f\x78\x04":
+        value = struct.unpack(">f", data[3:])[0]
+        return "Opaque", value, f"Opaque: Float: {value:f}"
+    if len(data) == 11 and data[:3] == b"\x9f\x79\x08":
+        value = struct.unpack(">d", data[3:])[0]
+        return "Opaque", value, f"Opaque: Double: {value:f}"
+    return "Opaque", data.hex(), f"Opaque: {_hex(data)}"
+
+
+_EXCEPTIONS = {
+    "NoSuchObject": "No Such Object available on this agent at this OID",
+    "NoSuchInstance": "No Such Instance currently exists at this OID",
+    "EndOfMibView": "No more variables left in this MIB View (It is past the end of the MIB tree)",
+}
+
+
+def render(oid: Oid, value: Any, mibs: MibTable | None) -> Row:
+    """A varbind as snmpwalk prints it; ``mibs=None`` renders like ``snmpwalk -On`` without
+    MIB files (numeric names, no display hints)."""
+    found = mibs.lookup(oid) if mibs else None
+    if found:
+        obj, index = found
+        name = obj.label + "".join(f".{i}" for i in index)
+        hint = obj.hint
+    else:
+        name, hint = _dotted(oid), None
+    kind = type(value).__name__
+    vtype: str
+    jvalue: Any
+    if kind in ("Integer", "Integer32"):
+        jvalue = int(value)
+        enum = mibs.enums.get(hint or "") if mibs else None
+        label = enum.get(jvalue) if enum else None
+        vtype, text = "INTEGER", f"INTEGER: {label}({jvalue})" if label else f"INTEGER: {jvalue}"
+    elif kind in ("Counter32", "Gauge32", "Unsigned32", "Counter64"):
+        vtype = "Gauge32" if kind == "Unsigned32" else kind
+        jvalue = int(value)
+        text = f"{vtype}: {jvalue}"
+    elif kind == "TimeTicks":
+        vtype, jvalue = "Timeticks", int(value)
+        text = f"Timeticks: ({jvalue}) {_timeticks(jvalue)}"
+    elif kind == "IpAddress":
+        vtype, jvalue = "IpAddress", ".".join(str(b) for b in bytes(value))
+        text = f"IpAddress: {jvalue}"
+    elif kind == "Opaque":
+        vtype, jvalue, text = _opaque(bytes(value))
+    elif kind in ("ObjectIdentifier", "ObjectName"):
+        target = tuple(value)
+        vtype, jvalue = "OID", ".".join(map(str, target))
+        text = f"OID: {mibs.name(target) if mibs else _dotted(target)}"
+    elif kind in ("OctetString", "Bits") or hasattr(value, "asOctets"):
+        vtype, jvalue, text = _octets(bytes(value), hint)
+    elif kind in _EXCEPTIONS:
+        vtype, jvalue, text = "", None, _EXCEPTIONS[kind]
+    elif kind == "Null":
+        vtype, jvalue, text = "NULL", None, "NULL"
+    else:
+        vtype, jvalue = kind, value.prettyPrint()
+        text = f"{kind}: {jvalue}"
+    return Row(oid, name, vtype, jvalue, text)
+
+
+# --- the session --------------------------------------------------------------------------
+
+AuthProtocol = Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"]
+PrivProtocol = Literal["DES", "3DES", "AES", "AES192", "AES256", "AES192C", "AES256C"]
+
+
+@dataclass(frozen=True)
+class SnmpCredentials:
+    """Resolved credentials (secrets are kept out of repr)."""
+
+    version: Literal["1", "2c", "3"] = "2c"
+    community: str | None = field(default=None, repr=False)
+    username: str | None = None
+    auth_protocol: AuthProtocol | None = None
+    auth_key: str | None = field(default=None, repr=False)
+    priv_protocol: PrivProtocol | None = None
+    priv_key: str | None = field(default=None, repr=False)
+    context: str = ""
+
+    @property
+    def describe(self) -> str:
+        if self.version != "3":
+            return f"SNMP v{self.version}"
+        level = "authPriv" if self.priv_protocol else "authNoPriv" if self.auth_protocol else (
+            "noAuthNoPriv")  # fmt: skip
+        return f"SNMPv3 {level} user {self.username}"
+
+
+def _auth_data(cred: SnmpCredentials) -> Any:
+    from pysnmp.hlapi.v3arch import asyncio as hl
+
+    if cred.version in ("1", "2c"):
+        return hl.CommunityData(cred.community or "", mpModel=0 if cred.version == "1" else 1)
+    auth = {
+        None: hl.usmNoAuthProtocol,
+        "MD5": hl.usmHMACMD5AuthProtocol,
+        "SHA": hl.usmHMACSHAAuthProtocol,
+        "SHA224": hl.usmHMAC128SHA224AuthProtocol,
+        "SHA256": hl.usmHMAC192SHA256AuthProtocol,
+        "SHA384": hl.usmHMAC256SHA384AuthProtocol,
+        "SHA512": hl.usmHMAC384SHA512AuthProtocol,
+    }[cred.auth_protocol]
+    priv = {
+        None: hl.usmNoPrivProtocol,
+        "DES": hl.usmDESPrivProtocol,
+        "3DES": hl.usm3DESEDEPrivProtocol,
+        "AES": hl.usmAesCfb128Protocol,
+        # net-snmp's AES-192/256 localize keys as in draft-blumenthal; "C" = Cisco (Reeder)
+        "AES192": hl.usmAesBlumenthalCfb192Protocol,
+        "AES256": hl.usmAesBlumenthalCfb256Protocol,
+        "AES192C": hl.usmAesCfb192Protocol,
+        "AES256C": hl.usmAesCfb256Protocol,
+    }[cred.priv_protocol]
+    return hl.UsmUserData(
+        cred.username or "",
+        authKey=cred.auth_key if cred.auth_protocol else None,
+        privKey=cred.priv_key if cred.priv_protocol else None,
+        authProtocol=auth,
+        privProtocol=priv,
+    )
+
+
+class SnmpSession:
+    """A blocking SNMP session to one agent (see the module docstring for the threading)."""
+
+    def __init__(
+        self,
+        device_name: str,
+        address: str,
+        port: int,
+        credentials: SnmpCredentials,
+        *,
+        timeout: float = 2.0,
+        retries: int = 1,
+    ) -> None:
+        self.device_name = device_name
+        self.address = address
+        self.port = port
+        self.credentials = credentials
+        self.timeout = timeout
+        self.retries = retries
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._engine: Any = None
+        self._target: Any = None
+        self._auth: Any = None
+        self._context: Any = None
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+    def _no_answer(self) -> str:
+        tries = self.retries + 1
+        what = "community" if self.credentials.version != "3" else "v3 user and keys"
+        return (
+            f"no answer from {self.where} after {tries} tr{'ies' if tries > 1 else 'y'} of "
+            f"{self.timeout:g}s ({self.credentials.describe}): check the address, port, "
+            f"{what} and that the SNMP agent is running"
+        )
+
+    # -- the event loop thread --
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise StepFailed(f"{self.device_name}: the SNMP session is closed")
+            if self._loop is not None:
+                return self._loop
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name=f"snmp-{self.device_name}", daemon=True
+            )
+            thread.start()
+            try:
+                asyncio.run_coroutine_threadsafe(self._setup(), loop).result(timeout=30)
+            except Exception as exc:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(5)
+                loop.close()
+                raise StepFailed(
+                    f"{self.device_name}: cannot set up SNMP to {self.where}: {exc}"
+                ) from exc
+            self._loop, self._thread = loop, thread
+            return loop
+
+    async def _setup(self) -> None:
+        from pysnmp.hlapi.v3arch import asyncio as hl
+
+        self._engine = hl.SnmpEngine()
+        self._target = await hl.UdpTransportTarget.create(
+            (self.address, self.port), timeout=self.timeout, retries=self.retries
+        )
+        self._auth = _auth_data(self.credentials)
+        self._context = hl.ContextData(contextName=self.credentials.context)
+
+    def _call(
+        self,
+        make: Callable[[], Coroutine[Any, Any, Any]],
+        deadline: float | None,
+        cancel: threading.Event | None,
+    ) -> Any:
+        loop = self._start()
+        fut = asyncio.run_coroutine_threadsafe(make(), loop)
+        while True:
+            try:
+                return fut.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                if cancel is not None and cancel.is_set():
+                    fut.cancel()
+                    raise StepTimeout("cancelled") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    fut.cancel()
+                    raise StepTimeout(
+                        f"the step's deadline passed while waiting for {self.where}"
+                    ) from None
+
+    def _check(self, result: tuple[Any, Any, Any, Any], request: Sequence[Oid]) -> list[Any]:
+        error_indication, error_status, error_index, varbinds = result
+        if error_indication:
+            text = str(error_indication)
+            if "timed out" in text.lower() or type(error_indication).__name__ == "RequestTimedOut":
+                raise _NoAnswer(self._no_answer())
+            raise StepFailed(
+                f"{self.where} refused the request ({self.credentials.describe}): {text}; "
+                "check the v3 username, auth/priv protocols and keys"
+                if self.credentials.version == "3"
+                else f"{self.where}: {text}"
+            )
+        if error_status:
+            idx = int(error_index or 0)
+            at = f" at {_dotted(request[idx - 1])}" if 0 < idx <= len(request) else ""
+            status = error_status.prettyPrint() if hasattr(error_status, "prettyPrint") else str(
+                error_status)  # fmt: skip
+            raise _ErrorStatus(f"{self.where} answered {status}{at}", status)
+        return list(varbinds)
+
+    # -- requests --
+
+    def get(
+        self,
+        oids: Sequence[Oid],
+        *,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[tuple[Oid, Any]]:
+        """GET ``oids`` in one PDU; [(oid, value)] (noSuchObject etc. are values)."""
+        from pysnmp.hlapi.v3arch import asyncio as hl
+        from pysnmp.proto.rfc1902 import Null, ObjectName
+
+        varbinds = [(ObjectName(o), Null("")) for o in oids]
+
+        def make() -> Coroutine[Any, Any, Any]:
+            coro: Coroutine[Any, Any, Any] = hl.get_cmd(
+                self._engine, self._auth, self._target, self._context, *varbinds, lookupMib=False
+            )
+            return coro
+
+        result = self._check(self._call(make, deadline, cancel), oids)
+        return [(tuple(name), value) for name, value in result]
+
+    def walk(
+        self,
+        oid: Oid,
+        *,
+        max_repetitions: int = 25,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[list[tuple[Oid, Any]]]:
+        """The subtree under ``oid``, one list of (oid, value) per response PDU.
+
+        GETBULK for v2c/v3, GETNEXT for v1. Stops at the end of the subtree or of the MIB
+        view. Raises StepTimeout (deadline/cancel) or StepFailed (no answer, refused) from
+        the PDU that failed: what was yielded before stays valid.
+        """
+        from pysnmp.hlapi.v3arch import asyncio as hl
+        from pysnmp.proto.rfc1902 import Null, ObjectName
+
+        bulk = self.credentials.version != "1"
+        reps = max(1, max_repetitions)
+        last = oid
+        n = len(oid)
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise StepTimeout("cancelled")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StepTimeout(f"the step's deadline passed while walking {self.where}")
+            vb = (ObjectName(last), Null(""))
+
+            def make(vb: Any = vb, reps: int = reps) -> Coroutine[Any, Any, Any]:
+                coro: Coroutine[Any, Any, Any]
+                if bulk:
+                    coro = hl.bulk_cmd(self._engine, self._auth, self._target, self._context,
+                                       0, reps, vb, lookupMib=False)  # fmt: skip
+                else:
+                    coro = hl.next_cmd(self._engine, self._auth, self._target, self._context,
+                                       vb, lookupMib=False)  # fmt: skip
+                return coro
+
+            try:
+                result = self._check(self._call(make, deadline, cancel), [last])
+            except _ErrorStatus as exc:
+                if exc.pdu_status == "noSuchName" and not bulk:
+                    return  # SNMPv1 end of MIB
+                if exc.pdu_status == "tooBig" and bulk and reps > 1:
+                    reps = max(1, reps // 2)
+                    continue
+                raise
+            rows: list[tuple[Oid, Any]] = []
+            done = not result
+            for name, value in result:
+                key = tuple(name)
+                if type(value).__name__ == "EndOfMibView" or key[:n] != oid:
+                    done = True
+                    break
+                if key <= last:
+                    raise StepFailed(
+                        f"{self.where} returned OID {_dotted(key)} not after {_dotted(last)} "
+                        "(agent bug); stopped the walk there"
+                    )
+                rows.append((key, value))
+                last = key
+            if rows:
+                yield rows
+            if done:
+                return
+
+    def probe(self, timeout: float | None = None) -> str:
+        """GET sysName.0 and sysUpTime.0: ``"sysName=gw1 uptime=3d 4h"``; StepFailed if not."""
+        deadline = time.monotonic() + (timeout or self.timeout * (self.retries + 1) + 5)
+        try:
+            got = dict(self.get([(1, 3, 6, 1, 2, 1, 1, 5, 0), (1, 3, 6, 1, 2, 1, 1, 3, 0)],
+                                deadline=deadline))  # fmt: skip
+        except StepTimeout as exc:
+            raise StepFailed(f"{self.device_name}: {self._no_answer()}") from exc
+        except StepFailed as exc:
+            raise StepFailed(f"{self.device_name}: {exc}") from exc
+        name = got.get((1, 3, 6, 1, 2, 1, 1, 5, 0))
+        up = got.get((1, 3, 6, 1, 2, 1, 1, 3, 0))
+        name_text = "?"
+        if name is not None and hasattr(name, "asOctets"):
+            name_text = bytes(name.asOctets()).decode("utf-8", "replace")
+        try:
+            secs = int(up) // 100 if up is not None else None
+        except (TypeError, ValueError):  # noSuchObject and the like
+            secs = None
+        return f"sysName={name_text or '?'} uptime={_short_duration(secs)}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+
+        async def shutdown() -> None:
+            if self._engine is not None:
+                self._engine.close_dispatcher()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=5)
+        except Exception:  # closing must not fail the job
+            log.debug("%s: closing the SNMP engine failed", self.device_name, exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        if not thread.is_alive():
+            loop.close()
+
+
+class _NoAnswer(StepFailed):
+    """The agent did not answer within timeout x tries."""
+
+
+class _ErrorStatus(StepFailed):
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.pdu_status = status
+
+
+def _short_duration(secs: int | None) -> str:
+    if secs is None:
+        return "?"
+    days, rest = divmod(secs, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
+
+
+# --- the collectors -----------------------------------------------------------------------
+
+
+def _check_oids(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not items:
+        raise ValueError("give at least one OID")
+    for item in items:
+        resolve_oid(item)  # ValueError with the reason
+    return value
+
+
+class SnmpGetOptions(Options):
+    oid: str | tuple[str, ...]
+    numeric: bool = False  # numeric OIDs and raw values, like `snmpget -On` without MIBs
+    output: str = "get"
+
+    _oids = field_validator("oid")(_check_oids)
+
+
+class SnmpWalkOptions(Options):
+    oid: str | tuple[str, ...]
+    max_repetitions: int = Field(25, ge=1, le=1000)
+    max_rows: int = Field(1_000_000, ge=1)
+    numeric: bool = False
+    output: str = "walk"
+
+    _oids = field_validator("oid")(_check_oids)
+
+
+def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
+
+
+class _Writer:
+    """Streams rows into ``NAME.txt`` (snmpwalk format) and collects them for ``NAME.json``."""
+
+    def __init__(self, ctx: StepContext, name: str, numeric: bool) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.mibs = None if numeric else mib_table()
+        self.rows: list[dict[str, Any]] = []
+        self._cm = ctx.sink.open(f"{name}.txt")
+        self._out = self._cm.__enter__()
+
+    def add(self, batch: list[tuple[Oid, Any]]) -> None:
+        lines = []
+        for oid, value in batch:
+            row = render(oid, value, self.mibs)
+            lines.append(row.line())
+            self.rows.append(row.as_json())
+        self._out.write("".join(lines).encode("utf-8", "replace"))
+
+    def truncated(self) -> None:
+        self._out.artifact.truncated = True
+        for artifact in self.ctx.sink.artifacts:
+            if artifact.path.endswith(f"/{self.name}.json"):
+                artifact.truncated = True
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+        data = json.dumps(self.rows, indent=0, ensure_ascii=False).encode("utf-8", "replace")
+        self.ctx.sink.write_bytes(f"{self.name}.json", data)
+
+
+def _stop_deadline(ctx: StepContext) -> float:
+    # leave a moment to write the artifacts before the runner's deadline
+    return ctx.deadline - min(0.5, 0.1 * ctx.remaining())
+
+
+class SnmpGet(Collector):
+    """GET one or more OIDs."""
+
+    name = "snmp.get"
+    transport = "snmp"
+    Options = SnmpGetOptions
+    default_deadline = 30.0
+    summary = "SNMP GET of OIDs (numeric or standard MIB names); snmpget text + JSON"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: SnmpGetOptions) -> Facts:
+        session: SnmpSession = ctx.session("snmp")
+        oids = [resolve_oid(o) for o in _as_tuple(options.oid)]
+        started = time.monotonic()
+        got = session.get(oids, deadline=_stop_deadline(ctx), cancel=ctx.cancel)
+        writer = _Writer(ctx, options.output, options.numeric)
+        writer.add(got)
+        writer.close()
+        missing = [r["name"] for r in writer.rows if r["type"] == ""]
+        facts: Facts = {"rows": len(got), "seconds": round(time.monotonic() - started, 3),
+                        "stop": "done"}  # fmt: skip
+        if missing and len(missing) == len(got):
+            raise StepFailed(f"the agent has none of {', '.join(missing)}")
+        if missing:
+            raise StepPartial(f"the agent has no {', '.join(missing)}", facts)
+        return facts
+
+
+class SnmpWalk(Collector):
+    """Walk subtrees (GETBULK; GETNEXT for v1)."""
+
+    name = "snmp.walk"
+    transport = "snmp"
+    Options = SnmpWalkOptions
+    default_deadline = 120.0
+    summary = "SNMP walk of subtrees/tables (GETBULK), snmpwalk text + JSON, row cap"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: SnmpWalkOptions) -> Facts:
+        session: SnmpSession = ctx.session("snmp")
+        started = time.monotonic()
+        writer = _Writer(ctx, options.output, options.numeric)
+        rows = pdus = 0
+        stop = "end of subtree"
+        error: StepFailed | StepTimeout | None = None
+        try:
+            for text in _as_tuple(options.oid):
+                batches = session.walk(
+                    resolve_oid(text),
+                    max_repetitions=options.max_repetitions,
+                    deadline=_stop_deadline(ctx),
+                    cancel=ctx.cancel,
+                )
+                for batch in batches:
+                    pdus += 1
+                    room = options.max_rows - rows
+                    writer.add(batch[:room])
+                    rows += min(len(batch), room)
+                    if rows >= options.max_rows:
+                        stop = "max_rows"
+                        break
+                if stop == "max_rows":
+                    break
+        except StepTimeout as exc:
+            stop, error = ("cancelled" if ctx.cancel.is_set() else "deadline"), exc
+        except _NoAnswer as exc:
+            stop, error = "no answer", exc
+        except StepFailed as exc:
+            stop, error = "error", exc
+        finally:
+            writer.close()
+        facts: Facts = {"rows": rows, "pdus": pdus, "seconds": round(time.monotonic() - started, 3),
+                        "stop": stop}  # fmt: skip
+        if error is not None:
+            if rows == 0:
+                raise error
+            raise StepPartial(f"walk stopped after {rows} rows: {error}", facts)
+        if stop == "max_rows":
+            writer.truncated()
+        return facts
