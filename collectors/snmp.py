@@ -269,12 +269,12 @@ def render(oid: Oid, value: Any, mibs: MibTable | None) -> Row:
         target = tuple(value)
         vtype, jvalue = "OID", ".".join(map(str, target))
         text = f"OID: {mibs.name(target) if mibs else _dotted(target)}"
-    elif kind in ("OctetString", "Bits") or hasattr(value, "asOctets"):
-        vtype, jvalue, text = _octets(bytes(value), hint)
     elif kind in _EXCEPTIONS:
         vtype, jvalue, text = "", None, _EXCEPTIONS[kind]
     elif kind == "Null":
         vtype, jvalue, text = "NULL", None, "NULL"
+    elif kind in ("OctetString", "Bits") or hasattr(value, "asOctets"):
+        vtype, jvalue, text = _octets(bytes(value), hint)
     else:
         vtype, jvalue = kind, value.prettyPrint()
         text = f"{kind}: {jvalue}"
@@ -700,7 +700,8 @@ class _Writer:
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
-        data = json.dumps(self.rows, indent=0, ensure_ascii=False).encode("utf-8", "replace")
+        body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in self.rows)
+        data = f"[\n{body}\n]\n".encode("utf-8", "replace") if self.rows else b"[]\n"
         self.ctx.sink.write_bytes(f"{self.name}.json", data)
 
 
