@@ -28,5 +28,6 @@ def open_snmp(device: Device, home: Path) -> SnmpSession:
         context=s.context,
     )
     address = "127.0.0.1" if device.address in ("localhost", "local") else device.address
-    return SnmpSession(device.name, address, s.port, credentials, timeout=s.timeout,
-                       retries=s.retries)  # fmt: skip
+    return SnmpSession(
+        device.name, address, s.port, credentials, timeout=s.timeout, retries=s.retries
+    )

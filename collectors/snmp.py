@@ -167,8 +167,12 @@ class Row:
         return f"{self.name} = {self.text}\n"
 
     def as_json(self) -> dict[str, Any]:
-        return {"oid": ".".join(map(str, self.oid)), "name": self.name, "type": self.type,
-                "value": self.value}  # fmt: skip
+        return {
+            "oid": ".".join(map(str, self.oid)),
+            "name": self.name,
+            "type": self.type,
+            "value": self.value,
+        }
 
 
 def _timeticks(ticks: int) -> str:
@@ -304,8 +308,13 @@ class SnmpCredentials:
     def describe(self) -> str:
         if self.version != "3":
             return f"SNMP v{self.version}"
-        level = "authPriv" if self.priv_protocol else "authNoPriv" if self.auth_protocol else (
-            "noAuthNoPriv")  # fmt: skip
+        level = (
+            "authPriv"
+            if self.priv_protocol
+            else "authNoPriv"
+            if self.auth_protocol
+            else ("noAuthNoPriv")
+        )
         return f"SNMPv3 {level} user {self.username}"
 
 
@@ -443,14 +452,24 @@ class SnmpSession:
         ctx = self._context
         if self.credentials.version == "1":
             cmdgen.NextCommandGeneratorSingleRun().send_varbinds(
-                self._engine, self._addr_name, ctx.contextEngineId, ctx.contextName,
-                varbinds, done,
-            )  # fmt: skip
+                self._engine,
+                self._addr_name,
+                ctx.contextEngineId,
+                ctx.contextName,
+                varbinds,
+                done,
+            )
         else:
             cmdgen.BulkCommandGeneratorSingleRun().send_varbinds(
-                self._engine, self._addr_name, ctx.contextEngineId, ctx.contextName,
-                0, reps, varbinds, done,
-            )  # fmt: skip
+                self._engine,
+                self._addr_name,
+                ctx.contextEngineId,
+                ctx.contextName,
+                0,
+                reps,
+                varbinds,
+                done,
+            )
         return await fut
 
     def _call(
@@ -489,8 +508,11 @@ class SnmpSession:
         if error_status:
             idx = int(error_index or 0)
             at = f" at {_dotted(request[idx - 1])}" if 0 < idx <= len(request) else ""
-            status = error_status.prettyPrint() if hasattr(error_status, "prettyPrint") else str(
-                error_status)  # fmt: skip
+            status = (
+                error_status.prettyPrint()
+                if hasattr(error_status, "prettyPrint")
+                else str(error_status)
+            )
             raise _ErrorStatus(f"{self.where} answered {status}{at}", status)
         return list(varbinds)
 
@@ -577,8 +599,11 @@ class SnmpSession:
         """GET sysName.0 and sysUpTime.0: ``"sysName=gw1 uptime=3d 4h"``; StepFailed if not."""
         deadline = time.monotonic() + (timeout or self.timeout * (self.retries + 1) + 5)
         try:
-            got = dict(self.get([(1, 3, 6, 1, 2, 1, 1, 5, 0), (1, 3, 6, 1, 2, 1, 1, 3, 0)],
-                                deadline=deadline))  # fmt: skip
+            got = dict(
+                self.get(
+                    [(1, 3, 6, 1, 2, 1, 1, 5, 0), (1, 3, 6, 1, 2, 1, 1, 3, 0)], deadline=deadline
+                )
+            )
         except StepTimeout as exc:
             raise StepFailed(f"{self.device_name}: {self._no_answer()}") from exc
         except StepFailed as exc:
@@ -728,8 +753,11 @@ class SnmpGet(Collector):
         writer.add(got)
         writer.close()
         missing = [r["name"] for r in writer.rows if r["type"] == ""]
-        facts: Facts = {"rows": len(got), "seconds": round(time.monotonic() - started, 3),
-                        "stop": "done"}  # fmt: skip
+        facts: Facts = {
+            "rows": len(got),
+            "seconds": round(time.monotonic() - started, 3),
+            "stop": "done",
+        }
         if missing and len(missing) == len(got):
             raise StepFailed(f"the agent has none of {', '.join(missing)}")
         if missing:
@@ -779,8 +807,12 @@ class SnmpWalk(Collector):
             stop, error = "error", exc
         finally:
             writer.close()
-        facts: Facts = {"rows": rows, "pdus": pdus, "seconds": round(time.monotonic() - started, 3),
-                        "stop": stop}  # fmt: skip
+        facts: Facts = {
+            "rows": rows,
+            "pdus": pdus,
+            "seconds": round(time.monotonic() - started, 3),
+            "stop": stop,
+        }
         if error is not None:
             if rows == 0:
                 raise error

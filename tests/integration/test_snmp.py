@@ -45,13 +45,20 @@ STABLE = [
 
 
 def v2c(server: Snmpd, **kw: Any) -> SnmpSession:
-    return SnmpSession("gw1", "127.0.0.1", server.port,
-                       SnmpCredentials("2c", community=server.community), **kw)  # fmt: skip
+    return SnmpSession(
+        "gw1", "127.0.0.1", server.port, SnmpCredentials("2c", community=server.community), **kw
+    )
 
 
 def v3(server: Snmpd, **kw: Any) -> SnmpSession:
-    cred = SnmpCredentials("3", username=server.v3_user, auth_protocol="SHA",
-                           auth_key=server.v3_auth, priv_protocol="AES", priv_key=server.v3_priv)  # fmt: skip
+    cred = SnmpCredentials(
+        "3",
+        username=server.v3_user,
+        auth_protocol="SHA",
+        auth_key=server.v3_auth,
+        priv_protocol="AES",
+        priv_key=server.v3_priv,
+    )
     return SnmpSession("gw1", "127.0.0.1", server.port, cred, **kw)
 
 
@@ -85,8 +92,12 @@ def collect(
 ) -> Outcome:
     collector = registry.get(name)
     sink = ArtifactSink(tmp_path / "staging", "gw1/step")
-    ctx = StepContext(sink=sink, deadline=time.monotonic() + deadline, cancel=threading.Event(),
-                      opener=lambda kind: session)  # fmt: skip
+    ctx = StepContext(
+        sink=sink,
+        deadline=time.monotonic() + deadline,
+        cancel=threading.Event(),
+        opener=lambda kind: session,
+    )
     t0 = time.monotonic()
     facts: dict[str, Any] | None = None
     error: StepError | None = None
@@ -126,8 +137,12 @@ def test_v2c_get_by_name_in_snmpwalk_format(session: SnmpSession, tmp_path: Path
         f"IF-MIB::ifNumber.0 = INTEGER: {len(_if_descr(session))}",
     ]
     rows = out.rows("get.json")
-    assert rows[0] == {"oid": "1.3.6.1.2.1.1.5.0", "name": "SNMPv2-MIB::sysName.0",
-                       "type": "STRING", "value": SYSNAME}  # fmt: skip
+    assert rows[0] == {
+        "oid": "1.3.6.1.2.1.1.5.0",
+        "name": "SNMPv2-MIB::sysName.0",
+        "type": "STRING",
+        "value": SYSNAME,
+    }
     assert rows[3]["type"] == "INTEGER" and isinstance(rows[3]["value"], int)
 
 
@@ -159,11 +174,13 @@ def test_whole_tree_walk_matches_snmpbulkwalk(
     snmpd: Snmpd, session: SnmpSession, tmp_path: Path
 ) -> None:
     """Every type net-snmp serves renders the same; only live counters may differ."""
-    out = collect("snmp.walk", {"oid": "1.3.6.1", "numeric": True, "max_repetitions": 50},
-                  session, tmp_path)  # fmt: skip
+    out = collect(
+        "snmp.walk", {"oid": "1.3.6.1", "numeric": True, "max_repetitions": 50}, session, tmp_path
+    )
     assert out.error is None, out.error
-    ref = reference(snmpd, "snmpbulkwalk", *snmpd.v2c_args(), "-On", "-Cr50", snmpd.target,
-                    "1.3.6.1")  # fmt: skip
+    ref = reference(
+        snmpd, "snmpbulkwalk", *snmpd.v2c_args(), "-On", "-Cr50", snmpd.target, "1.3.6.1"
+    )
 
     def by_oid(text: str) -> dict[str, str]:
         rows = {}
@@ -198,8 +215,9 @@ def test_walk_by_name_if_table(session: SnmpSession, tmp_path: Path) -> None:
 
 
 def test_walk_max_rows_caps_and_marks_truncated(session: SnmpSession, tmp_path: Path) -> None:
-    out = collect("snmp.walk", {"oid": "1.3.6.1", "max_rows": 30, "max_repetitions": 25},
-                  session, tmp_path)  # fmt: skip
+    out = collect(
+        "snmp.walk", {"oid": "1.3.6.1", "max_rows": 30, "max_repetitions": 25}, session, tmp_path
+    )
     assert out.error is None and out.facts
     assert out.facts["rows"] == 30 and out.facts["stop"] == "max_rows"
     assert len(out.text("walk.txt").splitlines()) >= 30
@@ -214,8 +232,9 @@ def test_v1_walk_uses_getnext(snmpd: Snmpd, tmp_path: Path) -> None:
     finally:
         s.close()
     assert out.error is None
-    expected = reference(snmpd, "snmpwalk", "-v1", "-c", snmpd.community, "-On", snmpd.target,
-                         "1.3.6.1.2.1.2.2.1.2")  # fmt: skip
+    expected = reference(
+        snmpd, "snmpwalk", "-v1", "-c", snmpd.community, "-On", snmpd.target, "1.3.6.1.2.1.2.2.1.2"
+    )
     assert out.text("walk.txt") == expected
     assert out.facts and out.facts["pdus"] == out.facts["rows"]  # one row per GETNEXT
 
@@ -228,8 +247,9 @@ def test_v3_authpriv_get_and_walk(snmpd: Snmpd, tmp_path: Path) -> None:
     try:
         assert s.probe().startswith(f"sysName={SYSNAME} uptime=")
         got = collect("snmp.get", {"oid": "sysName.0"}, s, tmp_path / "g")
-        walked = collect("snmp.walk", {"oid": "1.3.6.1.2.1.2.2.1", "numeric": True}, s,
-                         tmp_path / "w")  # fmt: skip
+        walked = collect(
+            "snmp.walk", {"oid": "1.3.6.1.2.1.2.2.1", "numeric": True}, s, tmp_path / "w"
+        )
     finally:
         s.close()
     assert got.error is None and walked.error is None
@@ -239,16 +259,27 @@ def test_v3_authpriv_get_and_walk(snmpd: Snmpd, tmp_path: Path) -> None:
     assert expected and expected in walked.text("walk.txt")
 
 
-PROTOCOLS = {"SHA-256": "SHA256", "SHA-512": "SHA512", "SHA": "SHA", "": None,
-             "AES-256": "AES256", "DES": "DES"}  # fmt: skip
+PROTOCOLS = {
+    "SHA-256": "SHA256",
+    "SHA-512": "SHA512",
+    "SHA": "SHA",
+    "": None,
+    "AES-256": "AES256",
+    "DES": "DES",
+}
 
 
 @pytest.mark.parametrize("user", EXTRA_V3_USERS, ids=[u[0] for u in EXTRA_V3_USERS])
 def test_v3_security_levels_and_protocols(snmpd: Snmpd, user: tuple[str, ...]) -> None:
     name, auth, apass, priv, ppass, _level = user
-    cred = SnmpCredentials("3", username=name, auth_protocol=PROTOCOLS[auth],  # type: ignore[arg-type]
-                           auth_key=apass or None, priv_protocol=PROTOCOLS[priv],  # type: ignore[arg-type]
-                           priv_key=ppass or None)  # fmt: skip
+    cred = SnmpCredentials(
+        "3",
+        username=name,
+        auth_protocol=PROTOCOLS[auth],  # type: ignore[arg-type]
+        auth_key=apass or None,
+        priv_protocol=PROTOCOLS[priv],  # type: ignore[arg-type]
+        priv_key=ppass or None,
+    )
     s = SnmpSession("gw1", "127.0.0.1", snmpd.port, cred, timeout=1.0, retries=1)
     try:
         assert s.probe().startswith(f"sysName={SYSNAME} ")
@@ -260,8 +291,14 @@ def test_v3_security_levels_and_protocols(snmpd: Snmpd, user: tuple[str, ...]) -
 
 
 def test_wrong_community_fails_fast_with_what_to_check(snmpd: Snmpd, tmp_path: Path) -> None:
-    s = SnmpSession("gw1", "127.0.0.1", snmpd.port, SnmpCredentials("2c", community="wrong"),
-                    timeout=0.5, retries=1)  # fmt: skip
+    s = SnmpSession(
+        "gw1",
+        "127.0.0.1",
+        snmpd.port,
+        SnmpCredentials("2c", community="wrong"),
+        timeout=0.5,
+        retries=1,
+    )
     try:
         out = collect("snmp.walk", {"oid": "IF-MIB::ifTable"}, s, tmp_path)
         with pytest.raises(StepFailed) as probe:
@@ -278,8 +315,14 @@ def test_wrong_community_fails_fast_with_what_to_check(snmpd: Snmpd, tmp_path: P
 
 
 def test_wrong_v3_key_says_so(snmpd: Snmpd, tmp_path: Path) -> None:
-    cred = SnmpCredentials("3", username=snmpd.v3_user, auth_protocol="SHA",
-                           auth_key="not-the-key-123", priv_protocol="AES", priv_key=snmpd.v3_priv)  # fmt: skip
+    cred = SnmpCredentials(
+        "3",
+        username=snmpd.v3_user,
+        auth_protocol="SHA",
+        auth_key="not-the-key-123",
+        priv_protocol="AES",
+        priv_key=snmpd.v3_priv,
+    )
     s = SnmpSession("gw1", "127.0.0.1", snmpd.port, cred, timeout=0.5, retries=0)
     try:
         out = collect("snmp.get", {"oid": "sysName.0"}, s, tmp_path)
@@ -294,7 +337,7 @@ def test_unknown_v3_user_says_so(snmpd: Snmpd, tmp_path: Path) -> None:
     cred = SnmpCredentials("3", username="nobody", auth_protocol="SHA", auth_key="whatever123")
     s = SnmpSession("gw1", "127.0.0.1", snmpd.port, cred, timeout=0.5, retries=0)
     try:
-        with pytest.raises(StepFailed, match="(?i)unknown.*user"):
+        with pytest.raises(StepFailed, match=r"(?i)unknown.*user"):
             s.probe()
     finally:
         s.close()
@@ -304,8 +347,9 @@ def test_unreachable_port(tmp_path: Path) -> None:
     from tests.fixtures.snmpd import free_udp_port
 
     port = free_udp_port()
-    s = SnmpSession("gw1", "127.0.0.1", port, SnmpCredentials("2c", community="x"),
-                    timeout=0.3, retries=0)  # fmt: skip
+    s = SnmpSession(
+        "gw1", "127.0.0.1", port, SnmpCredentials("2c", community="x"), timeout=0.3, retries=0
+    )
     try:
         out = collect("snmp.get", {"oid": "sysName.0"}, s, tmp_path)
     finally:
@@ -336,8 +380,13 @@ def own_snmpd() -> Iterator[Snmpd]:
 def test_agent_stops_mid_walk_step_ends_by_its_deadline(own_snmpd: Snmpd, tmp_path: Path) -> None:
     s = v2c(own_snmpd, timeout=5.0, retries=1)  # the agent's timeout is longer than the step
     try:
-        out = collect("snmp.walk", {"oid": "1.3.6.1", "max_repetitions": 10, "numeric": True},
-                      PausingSession(s, own_snmpd), tmp_path, deadline=2.0)  # fmt: skip
+        out = collect(
+            "snmp.walk",
+            {"oid": "1.3.6.1", "max_repetitions": 10, "numeric": True},
+            PausingSession(s, own_snmpd),
+            tmp_path,
+            deadline=2.0,
+        )
     finally:
         own_snmpd.resume()
         s.close()
@@ -352,8 +401,13 @@ def test_agent_stops_mid_walk_step_ends_by_its_deadline(own_snmpd: Snmpd, tmp_pa
 def test_agent_stops_mid_walk_no_answer_keeps_rows(own_snmpd: Snmpd, tmp_path: Path) -> None:
     s = v2c(own_snmpd, timeout=0.4, retries=1)
     try:
-        out = collect("snmp.walk", {"oid": "1.3.6.1", "max_repetitions": 10},
-                      PausingSession(s, own_snmpd), tmp_path, deadline=30.0)  # fmt: skip
+        out = collect(
+            "snmp.walk",
+            {"oid": "1.3.6.1", "max_repetitions": 10},
+            PausingSession(s, own_snmpd),
+            tmp_path,
+            deadline=30.0,
+        )
     finally:
         own_snmpd.resume()
         s.close()
