@@ -380,6 +380,8 @@ class SnmpSession:
         self._auth: Any = None
         self._context: Any = None
         self._addr_name: Any = None
+        self._answered = False
+        self._given_up: StepFailed | None = None
 
     @property
     def where(self) -> str:
@@ -478,6 +480,8 @@ class SnmpSession:
         deadline: float | None,
         cancel: threading.Event | None,
     ) -> Any:
+        if self._given_up is not None:
+            raise self._given_up
         loop = self._start()
         fut = asyncio.run_coroutine_threadsafe(make(), loop)
         while True:
@@ -497,14 +501,22 @@ class SnmpSession:
         error_indication, error_status, error_index, varbinds = result
         if error_indication:
             text = str(error_indication)
+            error: StepFailed
             if "timed out" in text.lower() or type(error_indication).__name__ == "RequestTimedOut":
-                raise _NoAnswer(self._no_answer())
-            raise StepFailed(
-                f"{self.where} refused the request ({self.credentials.describe}): {text}; "
-                "check the v3 username, auth/priv protocols and keys"
-                if self.credentials.version == "3"
-                else f"{self.where}: {text}"
-            )
+                error = _NoAnswer(self._no_answer())
+            elif self.credentials.version == "3":
+                error = StepFailed(
+                    f"{self.where} refused the request ({self.credentials.describe}): {text}; "
+                    "check the v3 username, auth/priv protocols and keys"
+                )
+            else:
+                error = StepFailed(f"{self.where}: {text}")
+            if not self._answered:
+                # an agent that never answered this session will not answer the next step
+                # either: later requests fail at once instead of waiting out the timeout again
+                self._given_up = type(error)(f"{error} (not asked again in this job)")
+            raise error
+        self._answered = True
         if error_status:
             idx = int(error_index or 0)
             at = f" at {_dotted(request[idx - 1])}" if 0 < idx <= len(request) else ""
