@@ -32,7 +32,8 @@ def test_collect_snmp_devices_into_a_bundle(cli: Cli, leaky_snmpd: Snmpd, tmp_pa
     server = leaky_snmpd
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    (secrets / "community").write_text(server.community + "\n")
+    community = secrets / "community"
+    community.write_text(server.community + "\n")
     (secrets / "priv").write_text(server.v3_priv + "\n")
     (secrets / "wrong").write_text("wrongCommunity42\n")
     cli.env["FT_TEST_V3_AUTH"] = server.v3_auth
@@ -41,7 +42,7 @@ def test_collect_snmp_devices_into_a_bundle(cli: Cli, leaky_snmpd: Snmpd, tmp_pa
 name = "gw1"
 type = "snmp-box"
 address = "127.0.0.1"
-snmp = {{ port = {server.port}, version = "2c", community = {{ file = "{secrets / "community"}" }} }}
+snmp = {{ port = {server.port}, version = "2c", community = {{ file = "{community}" }} }}
 
 [[devices]]
 name = "gw2"

@@ -391,7 +391,7 @@ def test_agent_stops_mid_walk_step_ends_by_its_deadline(own_snmpd: Snmpd, tmp_pa
         own_snmpd.resume()
         s.close()
     assert isinstance(out.error, StepPartial), out.error
-    assert out.seconds < 2.2
+    assert out.seconds < 2.5  # it stops before the deadline; the runner would allow 2s more
     assert "walk stopped after 10 rows" in str(out.error) and "deadline" in str(out.error)
     assert out.error.facts["stop"] == "deadline" and out.error.facts["rows"] == 10
     assert len(out.text("walk.txt").splitlines()) == 10
