@@ -402,7 +402,7 @@ class SnmpSession:
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._closed:
-                raise StepFailed(f"{self.device_name}: the SNMP session is closed")
+                raise StepFailed("the SNMP session is closed")
             if self._loop is not None:
                 return self._loop
             loop = asyncio.new_event_loop()
@@ -416,9 +416,12 @@ class SnmpSession:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(5)
                 loop.close()
-                raise StepFailed(
-                    f"{self.device_name}: cannot set up SNMP to {self.where}: {exc}"
-                ) from exc
+                if "gaierror" in str(exc) or "Name or service not known" in str(exc):
+                    raise StepFailed(
+                        f"cannot resolve the address {self.address!r}: check the device's "
+                        "address in the site config"
+                    ) from exc
+                raise StepFailed(f"cannot set up SNMP to {self.where}: {exc}") from exc
             self._loop, self._thread = loop, thread
             return loop
 
@@ -427,7 +430,8 @@ class SnmpSession:
         from pysnmp.hlapi.v3arch.asyncio.cmdgen import LCD
 
         self._engine = hl.SnmpEngine()
-        self._target = await hl.UdpTransportTarget.create(
+        transport = hl.Udp6TransportTarget if ":" in self.address else hl.UdpTransportTarget
+        self._target = await transport.create(
             (self.address, self.port), timeout=self.timeout, retries=self.retries
         )
         self._auth = _auth_data(self.credentials)
@@ -488,6 +492,9 @@ class SnmpSession:
             try:
                 return fut.result(timeout=0.05)
             except concurrent.futures.TimeoutError:
+                if self._closed:
+                    fut.cancel()
+                    raise StepFailed("the SNMP session was closed") from None
                 if cancel is not None and cancel.is_set():
                     fut.cancel()
                     raise StepTimeout("cancelled") from None

@@ -358,6 +358,31 @@ def test_unreachable_port(tmp_path: Path) -> None:
     assert f"no answer from 127.0.0.1:{port} after 1 try of 0.3s" in str(out.error)
 
 
+def test_ipv6_agent(tmp_path: Path) -> None:
+    from tests.fixtures.snmpd import COMMUNITY, free_udp_port
+
+    port = free_udp_port()
+    extra = [
+        f"agentAddress udp:127.0.0.1:{port},udp6:[::1]:{port}",
+        f"rocommunity6 {COMMUNITY} ::1",
+    ]
+    with snmpd_server(extra) as server:
+        s = SnmpSession("gw1", "::1", port, SnmpCredentials("2c", community=server.community))
+        try:
+            assert s.probe().startswith(f"sysName={SYSNAME} ")
+            out = collect("snmp.walk", {"oid": "ifDescr"}, s, tmp_path)
+        finally:
+            s.close()
+    assert out.error is None and "IF-MIB::ifDescr.1 = STRING: lo\n" in out.text("walk.txt")
+
+
+def test_unresolvable_address() -> None:
+    s = SnmpSession("gw1", "gw1.invalid", 161, SnmpCredentials("2c", community="x"))
+    with pytest.raises(StepFailed, match=r"cannot resolve the address 'gw1\.invalid'"):
+        s.probe()
+    s.close()
+
+
 class PausingSession:
     """Pauses the agent (SIGSTOP) once the first response of a walk has arrived."""
 
