@@ -19,6 +19,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import queue
 import re
 import string
 import struct
@@ -37,6 +38,7 @@ from collectors.base import (
     Facts,
     Options,
     StepContext,
+    StepError,
     StepFailed,
     StepPartial,
     StepTimeout,
@@ -45,6 +47,7 @@ from collectors.base import (
 log = logging.getLogger(__name__)
 
 Oid = tuple[int, ...]
+_WALK_AHEAD = 4  # responses a walk may receive before the caller took them
 
 # --- the name table -----------------------------------------------------------------------
 
@@ -572,47 +575,92 @@ class SnmpSession:
         GETBULK for v2c/v3, GETNEXT for v1. Stops at the end of the subtree or of the MIB
         view. Raises StepTimeout (deadline/cancel) or StepFailed (no answer, refused) from
         the PDU that failed: what was yielded before stays valid.
+
+        The PDUs are sent by a task in the session's loop that runs ahead of the caller (a
+        few responses at most): the next request is on the wire while the caller writes the
+        previous rows, so the agent's time and ours overlap.
         """
+        if self._given_up is not None:
+            raise self._given_up
+        loop = self._start()
+        rows: queue.Queue[list[tuple[Oid, Any]] | BaseException | None] = queue.Queue()
+        stop = threading.Event()
+        task = asyncio.run_coroutine_threadsafe(
+            self._walk_task(oid, max(1, max_repetitions), rows, stop, deadline), loop
+        )
+        try:
+            while True:
+                try:
+                    item = rows.get(timeout=0.05)
+                except queue.Empty:
+                    if self._closed:
+                        raise StepFailed("the SNMP session was closed") from None
+                    if cancel is not None and cancel.is_set():
+                        raise StepTimeout("cancelled") from None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise StepTimeout(
+                            f"the step's deadline passed while walking {self.where}"
+                        ) from None
+                    if task.done() and rows.empty():
+                        task.result()  # raises what killed it; else it ended without a word
+                        return
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            task.cancel()
+
+    async def _walk_task(
+        self,
+        oid: Oid,
+        reps: int,
+        out: queue.Queue[list[tuple[Oid, Any]] | BaseException | None],
+        stop: threading.Event,
+        deadline: float | None,
+    ) -> None:
         bulk = self.credentials.version != "1"
-        reps = max(1, max_repetitions)
         last = oid
         n = len(oid)
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise StepTimeout("cancelled")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise StepTimeout(f"the step's deadline passed while walking {self.where}")
-
-            def make(last: Oid = last, reps: int = reps) -> Coroutine[Any, Any, Any]:
-                return self._pdu(last, reps)
-
-            try:
-                result = self._check(self._call(make, deadline, cancel), [last])
-            except _ErrorStatus as exc:
-                if exc.pdu_status == "noSuchName" and not bulk:
-                    return  # SNMPv1 end of MIB
-                if exc.pdu_status == "tooBig" and bulk and reps > 1:
-                    reps = max(1, reps // 2)
-                    continue
-                raise
-            rows: list[tuple[Oid, Any]] = []
-            done = not result
-            for name, value in result:
-                key = tuple(name)
-                if type(value).__name__ == "EndOfMibView" or key[:n] != oid:
-                    done = True
+        try:
+            while not stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return  # the caller reports it
+                while out.qsize() >= _WALK_AHEAD and not stop.is_set():
+                    await asyncio.sleep(0.002)  # the caller is behind: wait for it
+                try:
+                    result = self._check(await self._pdu(last, reps), [last])
+                except _ErrorStatus as exc:
+                    if exc.pdu_status == "noSuchName" and not bulk:
+                        break  # SNMPv1 end of MIB
+                    if exc.pdu_status == "tooBig" and bulk and reps > 1:
+                        reps = max(1, reps // 2)
+                        continue
+                    raise
+                batch: list[tuple[Oid, Any]] = []
+                done = not result
+                for name, value in result:
+                    key = tuple(name)
+                    if type(value).__name__ == "EndOfMibView" or key[:n] != oid:
+                        done = True
+                        break
+                    if key <= last:
+                        raise StepFailed(
+                            f"{self.where} returned OID {_dotted(key)} not after "
+                            f"{_dotted(last)} (agent bug); stopped the walk there"
+                        )
+                    batch.append((key, value))
+                    last = key
+                if batch:
+                    out.put(batch)
+                if done:
                     break
-                if key <= last:
-                    raise StepFailed(
-                        f"{self.where} returned OID {_dotted(key)} not after {_dotted(last)} "
-                        "(agent bug); stopped the walk there"
-                    )
-                rows.append((key, value))
-                last = key
-            if rows:
-                yield rows
-            if done:
-                return
+            out.put(None)
+        except StepError as exc:
+            out.put(exc)
 
     def probe(self, timeout: float | None = None) -> str:
         """GET sysName.0 and sysUpTime.0: ``"sysName=gw1 uptime=3d 4h"``; StepFailed if not."""
