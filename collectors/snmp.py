@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
@@ -766,35 +767,38 @@ def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 class _Writer:
-    """Streams rows into ``NAME.txt`` (snmpwalk format) and collects them for ``NAME.json``."""
+    """Streams rows into ``NAME.txt`` (snmpwalk format) and ``NAME.json`` (one row a line)."""
 
     def __init__(self, ctx: StepContext, name: str, numeric: bool) -> None:
-        self.ctx = ctx
-        self.name = name
         self.mibs = None if numeric else mib_table()
-        self.rows: list[dict[str, Any]] = []
-        self._cm = ctx.sink.open(f"{name}.txt")
-        self._out = self._cm.__enter__()
+        self.rows = 0
+        self.missing: list[str] = []  # names the agent has no object/instance for
+        self._stack = contextlib.ExitStack()
+        self._text = self._stack.enter_context(ctx.sink.open(f"{name}.txt"))
+        self._json = self._stack.enter_context(ctx.sink.open(f"{name}.json"))
+        self._json.write(b"[")
 
     def add(self, batch: list[tuple[Oid, Any]]) -> None:
-        lines = []
+        lines, items = [], []
         for oid, value in batch:
             row = render(oid, value, self.mibs)
             lines.append(row.line())
-            self.rows.append(row.as_json())
-        self._out.write("".join(lines).encode("utf-8", "replace"))
+            items.append(json.dumps(row.as_json(), ensure_ascii=False))
+            if not row.type:
+                self.missing.append(row.name)
+        sep = ",\n" if self.rows else "\n"
+        self.rows += len(batch)
+        self._text.write("".join(lines).encode("utf-8", "replace"))
+        self._json.write((sep + ",\n".join(items)).encode("utf-8", "replace"))
 
     def truncated(self) -> None:
-        self._out.artifact.truncated = True
-        for artifact in self.ctx.sink.artifacts:
-            if artifact.path.endswith(f"/{self.name}.json"):
-                artifact.truncated = True
+        self._text.artifact.truncated = self._json.artifact.truncated = True
 
     def close(self) -> None:
-        self._cm.__exit__(None, None, None)
-        body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in self.rows)
-        data = f"[\n{body}\n]\n".encode("utf-8", "replace") if self.rows else b"[]\n"
-        self.ctx.sink.write_bytes(f"{self.name}.json", data)
+        try:
+            self._json.write(b"\n]\n" if self.rows else b"]\n")
+        finally:
+            self._stack.close()
 
 
 def _stop_deadline(ctx: StepContext) -> float:
@@ -819,7 +823,7 @@ class SnmpGet(Collector):
         writer = _Writer(ctx, options.output, options.numeric)
         writer.add(got)
         writer.close()
-        missing = [r["name"] for r in writer.rows if r["type"] == ""]
+        missing = writer.missing
         facts: Facts = {
             "rows": len(got),
             "seconds": round(time.monotonic() - started, 3),
