@@ -108,3 +108,45 @@ retries = 1
     for secret in (server.community, server.v3_auth, server.v3_priv):
         assert secret.encode() not in everything
     assert b"ro community <scrubbed>" in everything or b"community <" in everything
+
+
+def test_agent_that_stopped_answering_fails_its_steps_and_the_job_goes_on(
+    cli: Cli, tmp_path: Path
+) -> None:
+    with snmpd_server() as server:
+        community = tmp_path / "community"
+        community.write_text(server.community)
+        config = f"""
+[[devices]]
+name = "gw1"
+type = "snmp-box"
+address = "127.0.0.1"
+snmp = {{ port = {server.port}, community = {{ file = "{community}" }}, timeout = "1s" }}
+"""
+        write_site(
+            cli,
+            [
+                "{id: system, collector: snmp.get, oid: sysName.0}",
+                "{id: ifaces, collector: snmp.walk, oid: IF-MIB::ifTable, deadline: 20s}",
+                '{id: here, collector: local.command, command: "echo still collecting"}',
+            ],
+            config,
+            ktype="snmp-box",
+        )
+        server.pause()
+        try:
+            data = collect_json(cli, "gw1", check=1)
+        finally:
+            server.resume()
+    top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
+    steps = _steps(manifest_of(top), "gw1")
+    assert steps["system"]["status"] == "failed"
+    assert steps["system"]["error"].startswith(
+        f"no answer from 127.0.0.1:{server.port} after 2 tries of 1s (SNMP v2c)"
+    )
+    assert 1.5 < steps["system"]["seconds"] < 4.0
+    assert steps["ifaces"]["status"] == "failed"
+    assert "not asked again in this job" in steps["ifaces"]["error"]
+    assert steps["ifaces"]["seconds"] < 1.0
+    assert steps["here"]["status"] == "ok"
+    assert (top / "gw1/here/output.txt").read_text() == "still collecting\n"
