@@ -53,7 +53,8 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 def worker(port: int, community: str, oid: str, reps: int, out_path: str) -> None:
-    from collectors.snmp import SnmpCredentials, SnmpSession, render, resolve_oid
+    from collectors.snmp import SnmpCredentials, SnmpSession
+    from collectors.snmp_format import render, resolve_oid
 
     t0 = time.perf_counter()
     session = SnmpSession("bench", "127.0.0.1", port, SnmpCredentials("2c", community=community))

@@ -25,7 +25,8 @@ from collectors.base import (
     StepFailed,
     StepPartial,
 )
-from collectors.snmp import Oid, SnmpCredentials, SnmpSession
+from collectors.snmp import SnmpCredentials, SnmpSession
+from collectors.snmp_format import Oid
 from tests.fixtures.snmpd import EXTRA_V3_USERS, SYSDESCR, SYSNAME, Snmpd, snmpd, snmpd_server
 
 __all__ = ["snmpd"]  # the fixture, imported for pytest

@@ -14,7 +14,8 @@ from agent.sessions import DeviceSessions
 from agent.settings import Device, Snmp
 from agent.snmp_session import open_snmp
 from collectors.base import StepFailed
-from collectors.snmp import SnmpCredentials, SnmpSession, mib_table, render, resolve_oid
+from collectors.snmp import SnmpCredentials, SnmpSession
+from collectors.snmp_format import mib_table, render, resolve_oid
 
 IF_DESCR = (1, 3, 6, 1, 2, 1, 2, 2, 1, 2)
 
