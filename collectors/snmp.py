@@ -45,6 +45,7 @@ from collectors.snmp_format import Oid, dotted, mib_table, render, resolve_oid
 log = logging.getLogger(__name__)
 
 _WALK_AHEAD = 4  # responses a walk may receive before the caller took them
+_GET_PER_PDU = 32  # OIDs per GET request (an agent answers tooBig past its message size)
 
 # --- the session --------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class SnmpSession:
                 if hasattr(error_status, "prettyPrint")
                 else str(error_status)
             )
-            raise _ErrorStatus(f"{self.where} answered {status}{at}", status)
+            raise _ErrorStatus(f"{self.where} answered {status}{at}", status, idx)
         return list(varbinds)
 
     # -- requests --
@@ -298,20 +299,50 @@ class SnmpSession:
         deadline: float | None = None,
         cancel: threading.Event | None = None,
     ) -> list[tuple[Oid, Any]]:
-        """GET ``oids`` in one PDU; [(oid, value)] (noSuchObject etc. are values)."""
+        """GET ``oids`` ([(oid, value)] in order; a missing object is a noSuchObject or
+        noSuchInstance value), _GET_PER_PDU of them per request."""
+        out: list[tuple[Oid, Any]] = []
+        for i in range(0, len(oids), _GET_PER_PDU):
+            out += self._get_some(list(oids[i : i + _GET_PER_PDU]), deadline, cancel)
+        return out
+
+    def _get_some(
+        self, oids: list[Oid], deadline: float | None, cancel: threading.Event | None
+    ) -> list[tuple[Oid, Any]]:
         from pysnmp.hlapi.v3arch import asyncio as hl
         from pysnmp.proto.rfc1902 import Null, ObjectName
+        from pysnmp.proto.rfc1905 import noSuchObject
 
-        varbinds = [(ObjectName(o), Null("")) for o in oids]
+        missing: dict[Oid, Any] = {}
+        while True:
+            asked = [o for o in oids if o not in missing]
+            varbinds = [(ObjectName(o), Null("")) for o in asked]
 
-        def make() -> Coroutine[Any, Any, Any]:
-            coro: Coroutine[Any, Any, Any] = hl.get_cmd(
-                self._engine, self._auth, self._target, self._context, *varbinds, lookupMib=False
-            )
-            return coro
+            def make(varbinds: list[Any] = varbinds) -> Coroutine[Any, Any, Any]:
+                coro: Coroutine[Any, Any, Any] = hl.get_cmd(
+                    self._engine,
+                    self._auth,
+                    self._target,
+                    self._context,
+                    *varbinds,
+                    lookupMib=False,
+                )
+                return coro
 
-        result = self._check(self._call(make, deadline, cancel), oids)
-        return [(tuple(name), value) for name, value in result]
+            if not asked:
+                got: dict[Oid, Any] = {}
+                break
+            try:
+                result = self._check(self._call(make, deadline, cancel), asked)
+            except _ErrorStatus as exc:
+                # SNMPv1 answers a GET with one missing object by failing the whole PDU
+                if exc.pdu_status == "noSuchName" and 0 < exc.index <= len(asked):
+                    missing[asked[exc.index - 1]] = noSuchObject
+                    continue
+                raise
+            got = {tuple(name): value for name, value in result}
+            break
+        return [(o, missing[o] if o in missing else got.get(o, noSuchObject)) for o in oids]
 
     def walk(
         self,
@@ -518,9 +549,10 @@ class _NoAnswer(StepFailed):
 
 
 class _ErrorStatus(StepFailed):
-    def __init__(self, message: str, status: str) -> None:
+    def __init__(self, message: str, status: str, index: int = 0) -> None:
         super().__init__(message)
         self.pdu_status = status
+        self.index = index
 
 
 def _short_duration(secs: int | None) -> str:

@@ -158,6 +158,31 @@ def test_get_of_a_missing_object_is_partial(session: SnmpSession, tmp_path: Path
     assert "No Such Instance currently exists at this OID" in out.text("get.txt")
 
 
+def test_get_of_many_oids_spans_requests(
+    snmpd: Snmpd, session: SnmpSession, tmp_path: Path
+) -> None:
+    oids = [f"1.3.6.1.2.1.1.9.1.{col}.{i}" for col in (2, 3) for i in range(1, 11)]
+    oids += [f"1.3.6.1.2.1.2.2.1.{col}.1" for col in range(1, 21)]
+    out = collect("snmp.get", {"oid": oids, "numeric": True}, session, tmp_path)
+    assert out.error is None and out.facts and out.facts["rows"] == 40
+    expected = reference(snmpd, "snmpget", *snmpd.v2c_args(), "-On", snmpd.target, *oids)
+    assert out.text("get.txt") == expected
+
+
+def test_v1_get_with_a_missing_object(snmpd: Snmpd, tmp_path: Path) -> None:
+    s = SnmpSession("gw1", "127.0.0.1", snmpd.port, SnmpCredentials("1", community=snmpd.community))
+    try:
+        out = collect("snmp.get", {"oid": ["sysName.0", "sysName.7", "sysDescr.0"]}, s, tmp_path)
+    finally:
+        s.close()
+    assert isinstance(out.error, StepPartial) and "SNMPv2-MIB::sysName.7" in str(out.error)
+    assert out.text("get.txt").splitlines() == [
+        f"SNMPv2-MIB::sysName.0 = STRING: {SYSNAME}",
+        "SNMPv2-MIB::sysName.7 = No Such Object available on this agent at this OID",
+        f"SNMPv2-MIB::sysDescr.0 = STRING: {SYSDESCR}",
+    ]
+
+
 def test_v2c_walk_equals_snmpbulkwalk(snmpd: Snmpd, session: SnmpSession, tmp_path: Path) -> None:
     out = collect("snmp.walk", {"oid": STABLE, "numeric": True}, session, tmp_path)
     assert out.error is None, out.error
