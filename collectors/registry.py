@@ -5,6 +5,7 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.snmp import SnmpGet, SnmpWalk
 from collectors.ssh import SshCapture, SshCommand, SshFile
 from collectors.ssh_shell import SshShell
 
@@ -17,6 +18,8 @@ _COLLECTORS: dict[str, Collector] = {
         SshCommand(),
         SshFile(),
         SshCapture(),
+        SnmpGet(),
+        SnmpWalk(),
         SshShell(),
     )
 }
