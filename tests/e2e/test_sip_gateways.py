@@ -29,6 +29,7 @@ from tests.e2e.helpers import (
     write_site,
 )
 from tests.fixtures.cli_sim import MOCKED, CliSimulator
+from tests.fixtures.snmpd import COMMUNITY, SYSNAME, Snmpd, snmpd_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 GW2_PASSWORD = "gw2-Login-Passw0rd"
@@ -43,13 +44,22 @@ PLANTED = [
     "070C285F4D06485744",
     "045802150C2E",
     GW2_PASSWORD,
+    COMMUNITY,  # gw1's SNMP community, also quoted by its sysLocation
 ]
 
 
+@pytest.fixture(scope="module")
+def gw1_snmpd() -> Iterator[Snmpd]:
+    """gw1's SNMP agent (a real snmpd); its sysLocation quotes the community."""
+    with snmpd_server(location=f"ACME HQ rack B4 (ro community {COMMUNITY})") as server:
+        yield server
+
+
 @pytest.fixture
-def gateways(cli: Cli) -> Iterator[tuple[CliSimulator, CliSimulator]]:
-    """gw1: privileged account, key login; gw2: user-EXEC account (no running-config),
-    password login. Both host keys are in the site's known_hosts; a local device too."""
+def gateways(cli: Cli, gw1_snmpd: Snmpd) -> Iterator[tuple[CliSimulator, CliSimulator]]:
+    """gw1: privileged account, key login, SNMP v2c; gw2: user-EXEC account (no
+    running-config), password login, no SNMP. Both host keys are in the site's known_hosts;
+    a local device too."""
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
@@ -61,6 +71,8 @@ def gateways(cli: Cli) -> Iterator[tuple[CliSimulator, CliSimulator]]:
     keyfile.chmod(0o600)
     pwfile = cli.cwd / "gw2.password"
     pwfile.write_text(GW2_PASSWORD + "\n")
+    community = cli.cwd / "gw1.community"
+    community.write_text(COMMUNITY + "\n")
     gw1 = CliSimulator(
         "gw1", "isr4321-cube", authorized_keys={"diag": [client_key]}, privileged=True
     )
@@ -85,6 +97,7 @@ def gateways(cli: Cli) -> Iterator[tuple[CliSimulator, CliSimulator]]:
                 type = "sip-gateway"
                 address = "127.0.0.1"
                 ssh = {{ port = {gw1.port}, username = "diag", key = {{ file = "{keyfile}" }} }}
+                snmp = {{ port = {gw1_snmpd.port}, community = {{ file = "{community}" }} }}
                 [[devices]]
                 name = "gw2"
                 type = "sip-gateway"
@@ -114,7 +127,8 @@ def test_collect_by_type_fans_out_into_one_bundle(
         ("gw1", "ok"),
         ("gw2", "failed"),
     ]
-    assert data["devices"][1]["steps"] == {"failed": 1, "ok": 4}
+    assert data["devices"][0]["steps"] == {"ok": 9}
+    assert data["devices"][1]["steps"] == {"failed": 1, "ok": 4, "skipped": 4}  # no SNMP
     bundle = Path(data["bundle"])
     assert "-multi-default-" in bundle.name
     assert len(list(bundle.parent.glob("*.age"))) == 1  # one bundle for the job
@@ -148,6 +162,14 @@ def test_collect_by_type_fans_out_into_one_bundle(
     assert [c["status"] for c in sip["facts"]["commands"]] == ["ok", "ok", "ok"]
     assert gw1.pager_answers == 0 and gw2.pager_answers == 0  # on_open turned paging off
     assert gw1.connections == 1 and gw1.shells == 5  # one connection, one shell per step
+
+    # gw1 over SNMP: the system group and interface table in snmpwalk format
+    system = (top / "gw1/snmp-system/system.txt").read_text()
+    assert f"SNMPv2-MIB::sysName.0 = STRING: {SYSNAME}" in system
+    assert "IF-MIB::ifDescr.1 = STRING: lo" in (top / "gw1/snmp-ifaces/ifTable.txt").read_text()
+    assert (top / "gw1/snmp-ifaces/ifTable.json").is_file()
+    snmp2 = [s for s in m["steps"] if s["device"] == "gw2" and s["collector"].startswith("snmp.")]
+    assert [s["status"] for s in snmp2] == ["skipped"] * 4
 
     # gw2: the refused command is recorded as failed, with what the device said
     config2 = next(s for s in m["steps"] if s["device"] == "gw2" and s["id"] == "config")
@@ -235,8 +257,8 @@ def test_progress_on_a_terminal_shows_each_device(
     assert re.search(r"gw1 [^\r\n]*100% ok", text)
     assert re.search(r"gw2 [^\r\n]*100% failed", text)
     # and the summary on stdout has a line per device
-    assert "gw1 (sip-gateway): ok (ok 5)" in out
-    assert "gw2 (sip-gateway): failed (failed 1, ok 4)" in out
+    assert "gw1 (sip-gateway): ok (ok 9)" in out
+    assert "gw2 (sip-gateway): failed (failed 1, ok 4, skipped 4)" in out
 
 
 def test_a_device_that_is_down_does_not_hold_up_the_others(
@@ -249,7 +271,7 @@ def test_a_device_that_is_down_does_not_hold_up_the_others(
         ("gw1", "ok"),
         ("gw2", "failed"),
     ]
-    gw2_steps = [s for s in data["steps"] if s["device"] == "gw2"]
+    gw2_steps = [s for s in data["steps"] if s["device"] == "gw2" and s["status"] != "skipped"]
     assert len(gw2_steps) == 5
     assert all("connection refused" in s["error"] for s in gw2_steps)
     top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
