@@ -5,9 +5,10 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.pcap import PcapCapture
 
 _COLLECTORS: dict[str, Collector] = {
-    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile())
+    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile(), PcapCapture())
 }
 
 
