@@ -259,5 +259,6 @@ def render_text(summary: dict[str, Any]) -> str:
         ]
         for m in call["messages"]:
             cseq = f" ({m['cseq']})" if "cseq" in m else ""
-            lines.append(f"  +{m['t']:9.3f}s  {m['src']:>21} -> {m['dst']:<21} {m['msg']}{cseq}")
+            t = f"+{m['t']:.3f}s"
+            lines.append(f"  {t:>11}  {m['src']:>21} -> {m['dst']:<21} {m['msg']}{cseq}")
     return "\n".join(lines) + "\n"
