@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.job import execute
 
     prep = build(args)
-    counter = Counter(sys.stderr.isatty() and not args.json, args.interface)
+    counter = Counter(sys.stderr.isatty(), args.interface)  # stderr: --json stays clean
     t0 = time.monotonic()
     result = execute(prep, counter)
     elapsed = time.monotonic() - t0
