@@ -25,7 +25,9 @@ fieldtrace/tcpdump, and peak RSS of the capturing processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import signal
 import socket
 import struct
@@ -125,17 +127,17 @@ class Proc:
 
 
 SCAPY = r"""
-import sys, time
-from scapy.all import conf, sniff, PcapWriter
+import signal, sys
+from scapy.all import conf, AsyncSniffer, PcapWriter
 if sys.argv[1] == "scapy-pcap":
     conf.use_pcap = True
 w = PcapWriter(sys.argv[3], sync=False)
-stop = []
-import signal
-signal.signal(signal.SIGINT, lambda *a: stop.append(1))
-sniff(iface="lo", filter=f"udp dst port {sys.argv[2]}", prn=w.write, store=False,
-      started_callback=lambda: print("READY", flush=True), stop_filter=lambda p: bool(stop),
-      timeout=float(sys.argv[4]))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+s = AsyncSniffer(iface="lo", filter=f"udp dst port {sys.argv[2]}", prn=w.write, store=False,
+                 started_callback=lambda: print("READY", flush=True))
+s.start()
+signal.sigwait({signal.SIGINT})
+s.stop()
 w.close()
 """
 
@@ -174,13 +176,21 @@ def run_method(
         code = SCAPY
         proc = Proc(
             method,
-            [sys.executable, "-c", code, method, str(port), str(out), str(seconds + 60)],
+            [sys.executable, "-c", code, method, str(port), str(out)],
             "READY",
         )
     sent = int(subprocess.run(sender, capture_output=True, text=True, check=True).stdout.split()[0])
     time.sleep(settle)
     proc.stop()
     return sent
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
 
 
 def run_fieldtrace(port: int, out: Path, sender: list[str], settle: float) -> int:
@@ -212,6 +222,9 @@ def run_fieldtrace(port: int, out: Path, sender: list[str], settle: float) -> in
     time.sleep(0.3)
     sent = int(subprocess.run(sender, capture_output=True, text=True, check=True).stdout.split()[0])
     time.sleep(settle)
+    for pid in _children():
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "tcpdump":
+            PEAK["fieldtrace"] = max(PEAK.get("fieldtrace", 0.0), vm_hwm_mib(pid))
     stop.set()
     t.join(60)
     (pcap,) = [out.parent / a.path for a in sink.artifacts if a.path.endswith(".pcap")]
@@ -289,9 +302,12 @@ def main() -> int:
             f"fieldtrace/tcpdump captured ratio over all rates: {ft / max(td, 1):.4f}; "
             f"rates where tcpdump lost nothing but fieldtrace lost: {worse or 'none'}"
         )
-    print("peak RSS of the capturing process(es):")
+    print("peak RSS of the capturing process (fieldtrace: its tcpdump):")
     for m in methods:
         print(f"  {m:18s} {PEAK.get(m, 0.0):6.1f} MiB")
+    if "fieldtrace" in methods:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  fieldtrace collector (this Python process, includes the bench): {rss:.1f} MiB")
     return 0
 
 
