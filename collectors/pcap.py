@@ -227,8 +227,12 @@ class _Tcpdump:
         self.lines: list[str] = []
         self.stats: dict[str, int] = {}
         self.ready = threading.Event()
+        # if the agent dies (SIGKILL, OOM), tcpdump must not run on unbounded: parent-death
+        # signal through util-linux setpriv (no preexec_fn in a threaded program)
+        setpriv = shutil.which("setpriv")
+        launcher = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
         self.proc = subprocess.Popen(
-            argv,
+            [*launcher, *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

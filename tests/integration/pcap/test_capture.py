@@ -215,3 +215,44 @@ def test_without_cap_net_raw_the_message_says_how_to_grant_it(
     assert "AmbientCapabilities=CAP_NET_RAW" in step["error"]
     assert "permission" in step["error"].lower()
     assert out["bundle"] and Path(out["bundle"]).exists()  # the failure is still reported
+
+
+KILLED_AGENT = """\
+import sys, threading, time
+from pathlib import Path
+from collectors.base import ArtifactSink, DeviceInfo, StepContext
+from collectors.pcap import PcapCapture
+opts = PcapCapture.Options.model_validate({"interface": "lo", "duration": "10m"})
+ctx = StepContext(sink=ArtifactSink(Path(sys.argv[1]), "cap"), deadline=time.monotonic() + 900,
+                  cancel=threading.Event())
+threading.Thread(target=PcapCapture().collect, args=(ctx, DeviceInfo("l", "t", "a"), opts),
+                 daemon=True).start()
+ctx.ready.wait(15)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_agent_leaves_no_capture_running(tmp_path: Path) -> None:
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AGENT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        (td,) = [c for c in psutil.Process(proc.pid).children() if c.name() == "tcpdump"]
+        proc.kill()  # SIGKILL: no cleanup code runs in the agent
+        proc.wait(10)
+        assert td.wait(10) is not None or not td.is_running()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if p.info["name"] == "tcpdump" and str(tmp_path) in " ".join(p.info["cmdline"] or []):
+                p.kill()
