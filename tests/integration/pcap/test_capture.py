@@ -256,3 +256,25 @@ def test_a_killed_agent_leaves_no_capture_running(tmp_path: Path) -> None:
         for p in psutil.process_iter(["name", "cmdline"]):
             if p.info["name"] == "tcpdump" and str(tmp_path) in " ".join(p.info["cmdline"] or []):
                 p.kill()
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancelled"])
+def test_a_step_deadline_or_a_cancel_stops_it_and_keeps_the_trace(
+    tmp_path: Path, udp: UdpTarget, how: str
+) -> None:
+    def during(ctx: StepContext) -> None:
+        udp.send(20)
+        if how == "cancelled":
+            ctx.cancel.set()  # what the runner does on Ctrl-C
+
+    # a KB deadline of 18 s leaves the capture ~2 s (the rest is kept to drain and summarise)
+    cap = run_capture(
+        tmp_path,
+        {"interface": "lo", "filter": f"udp dst port {udp.port}", "duration": "60s"},
+        during,
+        deadline=18.0,
+    )
+    assert cap.error is None, cap.error
+    assert cap.facts["stop_reason"] == how
+    assert cap.facts["packets"] == 20
+    assert cap.seconds < 8
