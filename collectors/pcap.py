@@ -322,10 +322,12 @@ class PcapCapture(Collector):
                 raise StepFailed(f"{err}. {NO_CAP_HELP.format(tool=tool)}")
             raise StepFailed(f"tcpdump did not start: {err}")
         ctx.ready.set()
-        reason, stop_at = self._wait(ctx, options, td, workdir, t0, started_wall)
-        if reason in ("duration", "end-of-profile", "cancelled", "deadline"):
-            self._drain(td)
-        td.stop()
+        try:
+            reason, stop_at = self._wait(ctx, options, td, workdir, t0, started_wall)
+            if reason in ("duration", "end-of-profile", "cancelled", "deadline"):
+                self._drain(td)
+        finally:
+            td.stop()
         ended_wall = time.time()
         exited_early = reason == "exited"
         if exited_early:
