@@ -1,7 +1,8 @@
 """Benchmark: packet capture on `lo` at increasing rates, every method in the same run.
 
 Run:  .venv/bin/python tests/bench/bench_capture.py [--rates 10000,50000,100000,200000,0]
-          [--seconds 1.0] [--settle 1.2] [--methods fieldtrace,tcpdump,tcpdump-immediate,dumpcap,scapy,scapy-pcap]
+          [--seconds 1.0] [--settle 1.2]
+          [--methods fieldtrace,tcpdump,tcpdump-immediate,dumpcap,scapy,scapy-pcap]
 
 Needs root (or CAP_NET_RAW) and tcpdump; dumpcap and scapy methods run when available.
 For each rate (0 = as fast as the sender goes) a sender in a separate process sends
@@ -95,6 +96,7 @@ def _children(pid: int) -> list[int]:
 
 
 PEAK: dict[str, float] = {}  # method -> peak RSS (MiB) of its capture process(es)
+ACHIEVED: dict[str, float] = {}  # method -> pps the sender reached in its last run
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -195,7 +197,9 @@ def run_method(
             [sys.executable, "-c", code, method, str(port), str(out)],
             "READY",
         )
-    sent = int(subprocess.run(sender, capture_output=True, text=True, check=True).stdout.split()[0])
+    n, took = subprocess.run(sender, capture_output=True, text=True, check=True).stdout.split()
+    sent = int(n)
+    ACHIEVED[method] = sent / float(took)
     time.sleep(settle)
     proc.stop()
     return sent
@@ -268,7 +272,8 @@ def main() -> int:
                 label = f"{rate}" if rate else "max"
                 print(
                     f"{m:18s} rate={label:>7} sent={sent:>7} captured={uniq:>7} "
-                    f"ratio={uniq / sent:6.4f} loss={100 * (sent - uniq) / sent:5.1f}%",
+                    f"ratio={uniq / sent:6.4f} loss={100 * (sent - uniq) / sent:5.1f}% "
+                    f"(sender reached {ACHIEVED[m] / 1000:.0f} kpps)",
                     flush=True,
                 )
                 for f in Path(tmp).glob("*"):
