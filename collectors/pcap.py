@@ -1,19 +1,20 @@
 """``pcap.capture``: a bounded packet capture on the agent host, written by tcpdump.
 
 Design, measured with ``tests/bench/bench_capture.py`` (UDP on ``lo``, 172-byte packets, all
-methods in the same run, 2-core VM shared with other work):
+methods in the same run, 2-core VM shared with other work; captured/sent):
 
-* scapy's ``sniff`` (packet socket, or libpcap with ``conf.use_pcap``) dissects every packet
-  in Python: it lost 72-84% already at 5 kpps. scapy is kept for what it does well here:
-  reading the finished trace (the SIP summary).
-* ``tcpdump -U -w`` and ``dumpcap -w`` both wrote every packet up to 200 kpps (and at the
-  sender's maximum, ~300 kpps, within noise of each other); tcpdump ``--immediate-mode``
-  lost 15% at 50 kpps (a wakeup per packet).
+* scapy's ``sniff`` dissects every packet in Python: 0.18 at 5 kpps (0.28 with libpcap,
+  ``conf.use_pcap``), 85 MiB RSS. scapy is kept for what it does well here: reading the
+  finished trace (the SIP summary) and nothing on the hot path.
+* ``tcpdump -U -w`` and ``dumpcap -w``: 1.0000 at every rate up to the sender's maximum
+  (~200 kpps here) when stopped 1.2 s after the last packet; tcpdump ``--immediate-mode``
+  (a wakeup per packet): 0.93 at 5 kpps, 0.29 at 200 kpps.
 * What loses packets is the stop: libpcap hands packets over a block at a time, a block is
   released when full or after the buffer timeout (1 s in tcpdump, 250 ms in dumpcap), and
-  SIGINT ends the process without reading the unreleased block. Stopping right after the
-  last packet lost 0.1-0.7% (tcpdump) and a burst of 10 packets stopped 0.1 s later was lost
-  entirely (both tools).
+  SIGINT ends the process without reading the unreleased block. tcpdump stopped 0.2 s after
+  the last packet: 0.9906 at 10 kpps, 0.9986 at max; a burst of 10 packets stopped 0.1 s
+  later was lost entirely (both tools). This collector, asked to stop 0.2 s after the last
+  packet: 1.0000 at every rate.
 
 So the collector drives tcpdump (a small, universal dependency; dumpcap needs Wireshark's
 libraries) with ``-U`` and stops it in two phases: when asked to stop at time T it waits
