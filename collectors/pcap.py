@@ -410,7 +410,7 @@ class PcapCapture(Collector):
         hard = max(t0 + 1.0, ctx.deadline - DRAIN - 15.0)  # leave time to drain and summarise
         cap = options.byte_cap
         raw = workdir / RAW
-        next_report = 0.0
+        next_ask = next_report = 0.0
         while True:
             now = time.monotonic()
             if td.proc.poll() is not None:
@@ -427,9 +427,11 @@ class PcapCapture(Collector):
                 with contextlib.suppress(OSError):
                     if raw.stat().st_size >= cap:
                         return "max_bytes", None
+            if now >= next_ask:  # tcpdump prints its counters on SIGUSR1: the live count
+                td.signal(signal.SIGUSR1)
+                next_ask, next_report = now + 1.0, now + 0.2
             if now >= next_report:
-                next_report = now + 1.0
-                td.signal(signal.SIGUSR1)  # tcpdump prints its counters: the live count
+                next_report = next_ask + 1.0
                 with contextlib.suppress(OSError):
                     ctx.progress({"packets": td.stats.get("captured", 0), "bytes": _size(workdir)})
             time.sleep(min(0.05, max(0.0, end - now)))

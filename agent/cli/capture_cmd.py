@@ -107,6 +107,8 @@ class Counter:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from agent.cli.collect_cmd import _json_result, _print_result
     from agent.cli.common import emit_json
     from agent.errors import EXIT_OK, EXIT_PARTIAL
@@ -143,5 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 f"SIP: {sip['calls']} call(s), {sip['completed']} completed, {sip['failed']} "
                 f"failed; final codes {sip['by_final_code'] or '-'}"
             )
-    _print_result(result, prep.home, elapsed, len(prep.recipients) - 1)
+    # the stop reason above already says it was interrupted: no "steps were skipped" line
+    shown = dataclasses.replace(result, interrupted=False)
+    _print_result(shown, prep.home, elapsed, len(prep.recipients) - 1)
     return code
