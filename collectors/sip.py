@@ -4,7 +4,9 @@ scapy reads the trace (``RawPcapReader``, no dissection) and dissects only the p
 bytes contain ``SIP/2.0`` (``conf.l2types`` -> IP/IPv6 -> UDP/TCP), so RTP-heavy traces stay
 cheap. scapy has no SIP layer; SIP is a text protocol, so the start line and the few headers
 used here (Call-ID, From, To, CSeq, Content-Length, with their compact forms) are read from
-the payload directly.
+the payload directly. Over TCP, a segment may carry several messages (split by
+Content-Length); a message continued in a later segment is read from its first one (start
+line and headers are what the summary needs), and retransmitted segments count twice.
 """
 
 from __future__ import annotations
