@@ -61,6 +61,7 @@ from collectors.base import (
 DRAIN = 1.2  # > tcpdump's 1 s libpcap buffer timeout
 DEFAULT_MAX_BYTES = 200 * 1000**2
 MB = 1000**2  # tcpdump -C counts in millions of bytes
+SPARE = 64 * MB  # left free besides the capture's cap
 _IFACE = re.compile(r"^(any|[A-Za-z0-9_.:@-]{1,15})$")
 NO_CAP_HELP = (
     "capturing needs the CAP_NET_RAW capability: run fieldtrace as root, or grant it to the "
@@ -309,6 +310,14 @@ class PcapCapture(Collector):
             raise StepFailed(f"interface {options.interface!r} does not exist (here: any, {known})")
         workdir = ctx.sink.root / ctx.sink.prefix
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        need = options.byte_cap or (options.ring or 0) * (options.ring_file_bytes or 0)
+        free = shutil.disk_usage(workdir).free
+        if free < need + SPARE:
+            raise StepFailed(
+                f"the capture may write {need / MB:.0f} MB but only {free / MB:.0f} MB are free "
+                f"under {ctx.sink.root} (with {SPARE // MB} MB spare for the bundle); lower "
+                "max_bytes (or ring x ring_file_bytes) or free some space"
+            )
         argv = self._argv(tool, options, workdir / RAW)
         started_wall = time.time()
         t0 = time.monotonic()

@@ -278,3 +278,11 @@ def test_a_step_deadline_or_a_cancel_stops_it_and_keeps_the_trace(
     assert cap.facts["stop_reason"] == how
     assert cap.facts["packets"] == 20
     assert cap.seconds < 8
+
+
+def test_a_cap_larger_than_the_free_space_is_refused_before_capturing(tmp_path: Path) -> None:
+    cap = run_capture(tmp_path, {"interface": "lo", "duration": "1s", "max_bytes": "900TB"})
+    assert isinstance(cap.error, StepFailed)
+    assert "the capture may write 900000000 MB but only" in str(cap.error)
+    assert "lower max_bytes" in str(cap.error)
+    assert not cap.artifacts
