@@ -154,14 +154,21 @@ def load_context(loaded: LoadedSettings) -> KnowledgeBase:
 
 
 def prepare(
-    loaded: LoadedSettings, request: JobRequest, kb: KnowledgeBase | None = None
+    loaded: LoadedSettings,
+    request: JobRequest,
+    kb: KnowledgeBase | None = None,
+    plan: Plan | None = None,
 ) -> Prepared:
-    """Validate the whole job; raises ConfigError (exit 2) before anything is touched."""
+    """Validate the whole job; raises ConfigError (exit 2) before anything is touched.
+
+    ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
+    """
     settings = loaded.settings
     kb = kb or load_context(loaded)
-    devices = select_devices(settings, list(request.devices), request.types)
-    profile = request.profile or settings.collect.default_profile
-    plan = make_plan(settings, kb, devices, profile)
+    if plan is None:
+        devices = select_devices(settings, list(request.devices), request.types)
+        profile = request.profile or settings.collect.default_profile
+        plan = make_plan(settings, kb, devices, profile)
     base = home()
     if request.output is not None:
         if request.output.exists() and not request.output.is_dir():

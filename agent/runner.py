@@ -69,6 +69,7 @@ class Plan:
                 "collector": s.step.collector,
                 "options": s.step.options_dict(),
                 "deadline_s": s.deadline(),
+                "background": s.step.background,
                 "skip": s.skip_reason,
             }
             for s in self.steps
@@ -159,6 +160,7 @@ def _wait(futures: list[Future[None]]) -> None:
         fut.result()
 
 
+# events: "start", "progress" (live facts of a running step, e.g. packets captured), "end"
 Progress = Callable[[str, PlannedStep, StepResult | None], None]
 
 
@@ -189,10 +191,16 @@ class Runner:
 
         def device_job(device: Device) -> None:
             sessions = DeviceSessions(device, self.home)
+            background: list[tuple[int, Callable[[], StepResult]]] = []
             try:
                 for ps in self.plan.for_device(device.name):
-                    results[order[id(ps)]] = self._run_step(ps, sessions)
+                    if ps.step.background and not ps.skip_reason:
+                        background.append((order[id(ps)], self._start_background(ps, sessions)))
+                    else:
+                        results[order[id(ps)]] = self._run_step(ps, sessions)
             finally:
+                for i, stop in background:  # the device's other steps are done
+                    results[i] = stop()
                 sessions.close()
 
         workers = max(1, min(self.max_parallel, len(self.plan.devices)))
@@ -208,7 +216,36 @@ class Runner:
                 _wait(futures)
         return [results[i] for i in range(len(self.plan.steps))]
 
-    def _run_step(self, ps: PlannedStep, sessions: DeviceSessions) -> StepResult:
+    def _start_background(
+        self, ps: PlannedStep, sessions: DeviceSessions
+    ) -> Callable[[], StepResult]:
+        """Start a background step; once it records, return the call that ends it."""
+        ready, finish = threading.Event(), threading.Event()
+        box: list[StepResult] = []
+        worker = threading.Thread(
+            target=lambda: box.append(self._run_step(ps, sessions, ready, finish)),
+            name=f"bg-{ps.device.name}-{ps.step.id}",
+            daemon=True,
+        )
+        worker.start()
+        while worker.is_alive() and not ready.wait(0.05):
+            pass  # the next step starts only once the capture is recording
+
+        def stop() -> StepResult:
+            if ps.step.until != "duration":
+                finish.set()
+            worker.join()
+            return box[0]
+
+        return stop
+
+    def _run_step(
+        self,
+        ps: PlannedStep,
+        sessions: DeviceSessions,
+        ready: threading.Event | None = None,
+        finish: threading.Event | None = None,
+    ) -> StepResult:
         step = ps.step
         res = StepResult(ps.device.name, step.id, step.collector, step.options_dict())
         if ps.skip_reason:
@@ -223,8 +260,19 @@ class Runner:
         sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}", scrubber=self.scrubber)
         limit = ps.deadline()
         t0 = time.monotonic()
+
+        def live(facts: dict[str, Any]) -> None:
+            res.facts = facts
+            self.progress("progress", ps, res)
+
         ctx = StepContext(
-            sink=sink, deadline=t0 + limit, cancel=threading.Event(), opener=sessions.get
+            sink=sink,
+            deadline=t0 + limit,
+            cancel=threading.Event(),
+            opener=sessions.get,
+            ready=ready or threading.Event(),
+            finish=finish or threading.Event(),
+            progress=live,
         )
         info = DeviceInfo(ps.device.name, ps.device.type, ps.device.address, ps.kbtype.hints())
         outcome: dict[str, Any] = {}

@@ -302,6 +302,15 @@ class ArtifactSink:
                 if not self._sealed.is_set():
                     writer.finish()
 
+    def reserve(self, name: str) -> Path:
+        """Claim artifact ``name`` for a file another process writes (e.g. a capture tool).
+
+        The file must not exist yet and must be complete when the step returns; the runner
+        records its real size and sha256 afterwards.
+        """
+        self.check_open()
+        return self._claim(name)[0]
+
     def write_bytes(self, name: str, data: bytes, max_bytes: int | None = None) -> Artifact:
         with self.open(name, max_bytes) as w:
             w.write(data)
@@ -331,6 +340,10 @@ def _no_sessions(kind: str) -> Any:
     raise StepFailed(f"no {kind} session is available for this device")
 
 
+def _no_progress(facts: Facts) -> None:
+    pass
+
+
 @dataclass
 class StepContext:
     """Everything a collector gets besides its options.
@@ -341,12 +354,21 @@ class StepContext:
     cannot be opened it raises ``StepFailed`` with a message saying why and what to do; the
     failure is remembered, so a device that is down costs one connection timeout per job,
     not one per step.
+
+    Open-ended collectors (captures, ``Collector.background_ok``) may run in the background
+    while the device's next steps run: they set ``ready`` once they are recording (the
+    runner starts the next step only then), and stop normally, keeping what they have, when
+    the runner sets ``finish`` (the profile's other steps are done). ``progress(facts)``
+    reports live counters (shown by the CLI); it is optional and cheap.
     """
 
     sink: ArtifactSink
     deadline: float  # time.monotonic() value
     cancel: threading.Event
     opener: SessionOpener = _no_sessions
+    ready: threading.Event = field(default_factory=threading.Event)
+    finish: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[Facts], None] = _no_progress
 
     def session(self, kind: str) -> Any:
         return self.opener(kind)
@@ -370,6 +392,7 @@ class Collector:
     Options: ClassVar[type[Options]] = Options
     default_deadline: ClassVar[float] = 60.0
     summary: ClassVar[str] = ""
+    background_ok: ClassVar[bool] = False  # may run with `background: true` (see StepContext)
 
     def deadline_for(self, options: Any) -> float:
         """The step's deadline in seconds when the KB step gives none."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.pcap import PcapCapture
 from collectors.snmp import SnmpGet, SnmpWalk
 from collectors.ssh import SshCapture, SshCommand, SshFile
 from collectors.ssh_shell import SshShell
@@ -20,6 +21,7 @@ _COLLECTORS: dict[str, Collector] = {
         SshCapture(),
         SnmpGet(),
         SnmpWalk(),
+        PcapCapture(),
         SshShell(),
     )
 }

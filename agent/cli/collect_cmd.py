@@ -108,7 +108,7 @@ class Progress:
             self._p.advance(self._task, n)
 
     def step(self, event: str, ps: PlannedStep, result: StepResult | None) -> None:
-        if self._p is None or self._task is None:
+        if self._p is None or self._task is None or event == "progress":
             return
         name = ps.device.name
         key = f"{name}/{ps.step.id}"
@@ -181,6 +181,7 @@ def _print_plan(source: str, profile: str, plan: list[dict[str, Any]]) -> None:
     for s in plan:
         opts = " ".join(f"{k}={v!r}" for k, v in s["options"].items())
         skip = f"  [skipped: {s['skip']}]" if s["skip"] else ""
+        skip += "  [background]" if s.get("background") else ""
         print(
             f"  {s['device']}/{s['step']:<14} {s['collector']:<14} {opts}  "
             f"(deadline {s['deadline_s']:g}s){skip}"
