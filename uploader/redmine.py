@@ -3,9 +3,10 @@
 One delivery is four steps, each safe to repeat (idempotent on ``meta.bundle_id``):
 
 1. **Ticket.** ``meta.ticket`` (``collect --ticket``), else the ticket this item already
-   created (checkpoint ``ticket``), else one found by its marker line
-   ``fieldtrace-bundle: <bundle_id>`` in the description (a ticket created just before a
-   crash, whose number we never recorded), else ``POST /issues.json`` creates one in the
+   created (checkpoint ``ticket``), else -- when an earlier attempt got as far as creating
+   one (checkpoint ``creating``) -- one found by its marker line
+   ``fieldtrace-bundle: <bundle_id>`` in the description (created just before a crash or a
+   lost answer, its number never recorded), else ``POST /issues.json`` creates one in the
    configured project/tracker, with the site's company, contract and contact, the devices
    and the profile in the description. Its number is checkpointed at once.
 2. **Already there?** ``GET /issues/N.json?include=attachments``: an attachment named like
@@ -18,9 +19,8 @@ One delivery is four steps, each safe to repeat (idempotent on ``meta.bundle_id`
    blocks: memory stays flat whatever the size). The token is checkpointed at once, and its
    digest part (sha256 in Redmine >= 4.2) is checked against the bundle's.
 4. **Attach.** ``PUT /issues/N.json`` with the token and a journal note built from the
-   manifest summary (what was collected, what failed); then the issue is read back to
-   confirm the attachment. A token Redmine no longer knows (pruned) is dropped and the
-   bundle is uploaded again on the next attempt.
+   manifest summary (what was collected, what failed). Redmine answers 422 for a token it
+   no longer knows (pruned): the token is dropped and the bundle uploaded again.
 
 A crash anywhere therefore ends with exactly one attachment: before step 3's checkpoint the
 orphan upload is never attached (Redmine prunes it); after it, the same token is attached;
@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,8 @@ class RedmineBackend:
     ) -> None:
         self.o = options
         self.progress = progress
+        # how long a request Redmine received can still be running after we gave up on it
+        self.settle = 2 * options.timeout + 2
         self._ids: dict[str, int] = {}
 
     # -- HTTP -------------------------------------------------------------------------
@@ -191,24 +194,20 @@ class RedmineBackend:
                 token = self._upload(s, bundle_path, meta)
                 cp.save(upload_token=token)
             self._attach(s, number, token, meta, cp)
-            att = _attachment(self._issue(s, number), meta)
-            if att is None:
-                cp.save(upload_token=None)
-                raise TransientError(
-                    f"ticket #{number}: the attachment is missing after attaching; will upload "
-                    "again"
-                )
             log.info("redmine: attached %s to ticket #%d", meta.name, number)
-            return self._receipt(number, att, created, already=False)
+            return self._receipt(number, None, created, already=False)
 
-    def _receipt(self, number: int, att: dict[str, Any], created: bool, already: bool) -> Receipt:
+    def _receipt(
+        self, number: int, att: dict[str, Any] | None, created: bool, already: bool
+    ) -> Receipt:
+        ticket_url = f"{self.o.url}/issues/{number}"
         return Receipt(
             self.name,
-            str(att.get("content_url") or f"{self.o.url}/attachments/{att['id']}"),
+            str(att.get("content_url")) if att and att.get("content_url") else ticket_url,
             str(number),
             {
-                "ticket_url": f"{self.o.url}/issues/{number}",
-                "attachment_id": att.get("id"),
+                "ticket_url": ticket_url,
+                "attachment_id": att.get("id") if att else None,
                 "created_ticket": created,
                 "already_attached": already,
             },
@@ -219,10 +218,24 @@ class RedmineBackend:
             return parse_ticket(meta.ticket), False
         if cp.get("ticket"):
             return int(cp.get("ticket")), True
-        found = self._find_created(s, meta)
+        found = None
+        creating = cp.get("creating")
+        if creating:  # an earlier attempt sent the create and never heard back
+            found = self._find_created(s, meta)
+            wait = float(creating) + self.settle - time.time()
+            if found is None and wait > 0:
+                # Redmine may still be working on that request: creating another ticket now
+                # could make two; look again once it must have finished
+                raise TransientError(
+                    f"creating the ticket: no answer to the first try yet; checking again in "
+                    f"{wait:.0f}s before creating it"
+                )
         if found is None:
+            # from here on, a failure is ambiguous: even a 500 can come after the commit
+            # (an after_commit hook failing), so the next attempt looks before creating
+            cp.save(creating=time.time())
             found = self._create(s, meta)
-        cp.save(ticket=str(found))
+        cp.save(ticket=str(found), creating=None)
         return found, True
 
     def _find_created(self, s: requests.Session, meta: DeliveryMeta) -> int | None:
