@@ -5,8 +5,11 @@ Run:  .venv/bin/python tests/bench/bench_upload.py [--sizes 256,1024] [--rounds 
 Starts a throwaway local Redmine (tests/fixtures/redmine.py; attachment_max_size raised
 to 4 GiB), writes a random bundle-like file of each size, and uploads it to
 ``POST /uploads.json`` in the same run, alternating:
-  reference  curl --data-binary @file -H 'Content-Type: application/octet-stream'
-                  -H 'X-Redmine-API-Key: ...' URL/uploads.json?filename=...
+  reference  curl -X POST --upload-file FILE -H 'Expect:'
+                  -H 'Content-Type: application/octet-stream' -H 'X-Redmine-API-Key: ...'
+                  URL/uploads.json?filename=...
+             (--upload-file streams from the file; ``--data-binary @FILE`` reads the whole
+             file into memory first and refuses files of 1 GiB and more: curl exits 2)
   fieldtrace RedmineBackend's upload step (streamed from the file, 1 MiB blocks), in a
              child process so its peak RSS is its own
 Both go to the same server, which is the bottleneck, so the ratio says whether our client
@@ -52,7 +55,7 @@ def child(path: str, url: str, key: str, sha: str) -> None:
 def curl(path: Path, url: str, key: str) -> tuple[float, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(
-        ["curl", "-sS", "--fail", "--data-binary", f"@{path}",
+        ["curl", "-sS", "--fail", "-X", "POST", "--upload-file", str(path), "-H", "Expect:",
          "-H", "Content-Type: application/octet-stream", "-H", f"X-Redmine-API-Key: {key}",
          f"{url}/uploads.json?filename={path.name}"],
         capture_output=True, timeout=1800, check=True,
