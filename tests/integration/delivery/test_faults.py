@@ -83,7 +83,7 @@ def test_transient_fault_then_attached_exactly_once(
 def test_server_errors_keep_retrying_with_growing_backoff(
     redmine: Redmine, proxy: FaultProxy, make_bundle: MakeBundle, outbox: Outbox
 ) -> None:
-    made = make_bundle()
+    made = make_bundle(ticket=str(redmine.create_issue("backoff")))
     queue(outbox, made)
     proxy.set_rules([Rule("503")])
     backend = backend_for(proxy.url, redmine.api_key)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
 from tests.fixtures.redmine import Redmine
 from tests.integration.delivery.conftest import MakeBundle, backend_for, queue
-from uploader.base import MemoryCheckpoint, PermanentError
+from uploader.base import MemoryCheckpoint, PermanentError, TransientError
 from uploader.outbox import Outbox
 
 pytestmark = pytest.mark.integration
@@ -58,10 +59,28 @@ def test_checkpointed_ticket_is_reused_not_created_again(
     cp = MemoryCheckpoint()
     backend = backend_for(redmine.url, redmine.api_key)
     r1 = backend.deliver(made.path, made.meta, checkpoint=cp)
-    assert cp.get("ticket") == r1.ticket
-    r2 = backend.deliver(made.path, made.meta, checkpoint=MemoryCheckpoint())  # lost record
+    assert cp.get("ticket") == r1.ticket and not cp.get("creating")
+    # a crash after the create request, before its answer was recorded: found by its marker
+    crashed = MemoryCheckpoint({"creating": time.time() - 3600})
+    r2 = backend.deliver(made.path, made.meta, checkpoint=crashed)
     assert r2.ticket == r1.ticket and r2.detail["already_attached"]
+    assert crashed.get("ticket") == r1.ticket
     assert len(redmine.issues_with(f"fieldtrace-bundle: {made.meta.bundle_id}")) == 1
+
+
+def test_unanswered_create_is_not_repeated_until_it_must_have_finished(
+    redmine: Redmine, make_bundle: MakeBundle
+) -> None:
+    made = make_bundle()
+    backend = backend_for(redmine.url, redmine.api_key, timeout=5)
+    cp = MemoryCheckpoint({"creating": time.time()})  # sent just now, no answer, not found
+    with pytest.raises(TransientError, match=r"checking again in 1[0-2]s before creating it"):
+        backend.deliver(made.path, made.meta, checkpoint=cp)
+    assert redmine.issues_with(f"fieldtrace-bundle: {made.meta.bundle_id}") == []
+    cp.save(creating=time.time() - 13)  # 2 x timeout + 2 s later: create it
+    receipt = backend.deliver(made.path, made.meta, checkpoint=cp)
+    assert len(redmine.issues_with(f"fieldtrace-bundle: {made.meta.bundle_id}")) == 1
+    assert receipt.detail["created_ticket"] is True
 
 
 def test_recorded_upload_token_is_attached_without_uploading_again(
