@@ -325,9 +325,9 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             ) from None
         result.bundle = item.bundle
         result.ticket = prep.request.ticket
-        rep.phase("deliver")
-        assert prep.backend is not None
-        for attempt in outbox.deliver(prep.backend, only=name):
+        rep.phase("deliver", meta.size if settings.helpdesk.backend != "directory" else 0)
+        backend = make_backend(settings, prep.home, rep.advance)  # with upload progress
+        for attempt in outbox.deliver(backend, only=name):
             result.delivery = attempt
             if attempt.receipt is not None:
                 result.ticket = attempt.receipt.ticket or result.ticket

@@ -82,7 +82,9 @@ class Backend(Protocol):
 
 
 class Checkpoint(Protocol):
-    """Durable per-item progress: ``save`` returns once the values are on disk (fsync)."""
+    """Durable per-item progress: ``save`` returns once the values are on disk (fsync).
+
+    Saving ``None`` for a key removes it."""
 
     def get(self, key: str) -> Any: ...
     def save(self, **values: Any) -> None: ...
@@ -99,6 +101,7 @@ class MemoryCheckpoint:
 
     def save(self, **values: Any) -> None:
         self.values.update(values)
+        self.values = {k: v for k, v in self.values.items() if v is not None}
 
 
 class ResumableBackend(Protocol):

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 from uploader.base import (
     Checkpoint,
@@ -69,6 +70,10 @@ class RedmineOptions:
     priority: str | int | None = None
     timeout: float = 60.0
     verify: bool | str = True
+
+
+class _NotSent(TransientError):
+    """No connection could be made: the request certainly did not reach the server."""
 
 
 class _BigBlocks(HTTPAdapter):
@@ -144,6 +149,12 @@ class RedmineBackend:
             ) from None
         except requests.exceptions.Timeout:
             raise TransientError(f"{what}: {self.o.url} did not answer in time") from None
+        except requests.exceptions.ConnectTimeout:
+            raise _NotSent(f"{what}: {self.o.url} did not accept a connection in time") from None
+        except requests.exceptions.ConnectionError as exc:
+            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+            cls = _NotSent if isinstance(reason, NewConnectionError) else TransientError
+            raise cls(f"{what}: cannot reach {self.o.url}: {_short(exc)}") from None
         except requests.exceptions.RequestException as exc:
             raise TransientError(f"{what}: cannot reach {self.o.url}: {_short(exc)}") from None
         self._raise_for(r, what)
@@ -234,7 +245,11 @@ class RedmineBackend:
             # from here on, a failure is ambiguous: even a 500 can come after the commit
             # (an after_commit hook failing), so the next attempt looks before creating
             cp.save(creating=time.time())
-            found = self._create(s, meta)
+            try:
+                found = self._create(s, meta)
+            except _NotSent:
+                cp.save(creating=None)  # never reached Redmine: nothing to look for
+                raise
         cp.save(ticket=str(found), creating=None)
         return found, True
 
