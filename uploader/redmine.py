@@ -147,10 +147,10 @@ class RedmineBackend:
                 f"{what}: TLS problem with {self.o.url}: {exc}; check the certificate or "
                 "[helpdesk] ca_file"
             ) from None
+        except requests.exceptions.ConnectTimeout:  # before Timeout: it is one too
+            raise _NotSent(f"{what}: {self.o.url} did not accept a connection in time") from None
         except requests.exceptions.Timeout:
             raise TransientError(f"{what}: {self.o.url} did not answer in time") from None
-        except requests.exceptions.ConnectTimeout:
-            raise _NotSent(f"{what}: {self.o.url} did not accept a connection in time") from None
         except requests.exceptions.ConnectionError as exc:
             reason = getattr(exc.args[0] if exc.args else None, "reason", None)
             cls = _NotSent if isinstance(reason, NewConnectionError) else TransientError
