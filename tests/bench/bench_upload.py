@@ -1,10 +1,11 @@
 """Benchmark: uploading a bundle to Redmine with the ``redmine`` backend vs ``curl``.
 
-Run:  .venv/bin/python tests/bench/bench_upload.py [--sizes 256,1024] [--rounds 2]
+Run:  .venv/bin/python tests/bench/bench_upload.py [--sizes 256,1024] [--rounds 3]
 
 Starts a throwaway local Redmine (tests/fixtures/redmine.py; attachment_max_size raised
 to 4 GiB), writes a random bundle-like file of each size, and uploads it to
-``POST /uploads.json`` in the same run, alternating:
+``POST /uploads.json`` in the same run (who goes first alternates; Redmine's stored files
+are removed and synced before each upload):
   reference  curl -X POST --upload-file FILE -H 'Expect:'
                   -H 'Content-Type: application/octet-stream' -H 'X-Redmine-API-Key: ...'
                   URL/uploads.json?filename=...
@@ -87,7 +88,7 @@ def make_file(d: Path, mib: int) -> tuple[Path, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,1024", help="MiB, comma-separated")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     assert shutil.which("curl"), "curl is missing"
     from tests.fixtures.redmine import redmine_instance
@@ -104,17 +105,22 @@ def main() -> None:
                 path, sha = make_file(work, mib)
                 best_curl = best_ours = float("inf")
                 rss = 0
-                for _ in range(args.rounds):
-                    sec, token = curl(path, rm.url, rm.api_key)
-                    assert token.endswith(sha), "curl: Redmine stored other bytes"
-                    best_curl = min(best_curl, sec)
-                    r = ours(path, rm.url, rm.api_key, sha)
-                    assert str(r["token"]).endswith(sha), "ours: Redmine stored other bytes"
-                    best_ours = min(best_ours, float(r["seconds"]))
-                    rss = max(rss, int(r["rss_kib"]))
-                    # drop the stored uploads so the disk does not fill up
-                    shutil.rmtree(rm.dir / "files", ignore_errors=True)
-                    (rm.dir / "files").mkdir()
+                for rnd in range(args.rounds):
+                    # alternate who goes first; flush the stored uploads before each one so
+                    # neither pays for the other's writeback
+                    for who in ("curl", "ours") if rnd % 2 == 0 else ("ours", "curl"):
+                        shutil.rmtree(rm.dir / "files", ignore_errors=True)
+                        (rm.dir / "files").mkdir()
+                        os.sync()
+                        if who == "curl":
+                            sec, token = curl(path, rm.url, rm.api_key)
+                            assert token.endswith(sha), "curl: Redmine stored other bytes"
+                            best_curl = min(best_curl, sec)
+                        else:
+                            r = ours(path, rm.url, rm.api_key, sha)
+                            assert str(r["token"]).endswith(sha), "ours: Redmine stored other bytes"
+                            best_ours = min(best_ours, float(r["seconds"]))
+                            rss = max(rss, int(r["rss_kib"]))
                 c, o = mib / best_curl, mib / best_ours
                 print(f"{mib:>5} MiB {c:>11.0f} {o:>11.0f} {o / c:>5.2f}x {rss / 1024:>9.1f} MiB")
                 path.unlink()
