@@ -70,6 +70,10 @@ class RedmineOptions:
     priority: str | int | None = None
     timeout: float = 60.0
     verify: bool | str = True
+    # how long a request Redmine received may still be running after we stopped waiting
+    # for its answer (default 2 x timeout + 2 s); a lost ticket creation is not repeated
+    # before that, so a slow HelpDesk does not get two tickets
+    settle: float | None = None
 
 
 class _NotSent(TransientError):
@@ -122,8 +126,7 @@ class RedmineBackend:
     ) -> None:
         self.o = options
         self.progress = progress
-        # how long a request Redmine received can still be running after we gave up on it
-        self.settle = 2 * options.timeout + 2
+        self.settle = options.settle if options.settle is not None else 2 * options.timeout + 2
         self._ids: dict[str, int] = {}
 
     # -- HTTP -------------------------------------------------------------------------
