@@ -49,3 +49,5 @@ def test_missing_helpdesk_key_is_a_config_error_before_collecting(cli: Cli) -> N
     proc = cli.run("collect", check=2)
     assert "helpdesk.api_key" in proc.stderr and "/nonexistent/helpdesk.key" in proc.stderr
     assert not list((cli.home / "outbox").rglob("*.age"))
+    proc = cli.run("config", "check", check=2)
+    assert "helpdesk.api_key: secret: cannot read /nonexistent/helpdesk.key" in proc.stderr

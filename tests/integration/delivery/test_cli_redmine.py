@@ -34,8 +34,13 @@ def test_collect_creates_a_ticket_and_attaches_the_bundle(
     cli: Cli, redmine: Redmine, tmp_path: Path
 ) -> None:
     _site(cli, redmine.url, redmine.api_key)
-    proc = cli.run("collect", check=1)  # step b fails: done with failures
+    proc = cli.run("-vv", "collect", check=1)  # step b fails: done with failures
     assert "ticket: #" in proc.stdout and "delivery: attached to ticket #" in proc.stdout
+    assert "uploads.json" in proc.stderr  # debug logging was on ...
+    log = (cli.home / "fieldtrace.log").read_text()
+    assert "attached" in log
+    for text in (proc.stdout, proc.stderr, log):  # ... and the API key is never in it
+        assert redmine.api_key not in text
     data = collect_json(cli, check=1)
     number = data["ticket"]
     assert data["delivery"]["outcome"] == "sent" and data["ticket_url"].endswith(f"/{number}")
