@@ -327,7 +327,12 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         result.ticket = prep.request.ticket
         rep.phase("deliver", meta.size if settings.helpdesk.backend != "directory" else 0)
         backend = make_backend(settings, prep.home, rep.advance)  # with upload progress
-        for attempt in outbox.deliver(backend, only=name):
+        try:
+            attempts = outbox.deliver(backend, only=name)
+        except KeyboardInterrupt:  # the bundle is safe in the queue; the next run resumes
+            log.warning("delivery of %s interrupted; it stays queued", name)
+            attempts = [Attempt(item, "retry", "interrupted (Ctrl-C); the bundle stays queued")]
+        for attempt in attempts:
             result.delivery = attempt
             if attempt.receipt is not None:
                 result.ticket = attempt.receipt.ticket or result.ticket

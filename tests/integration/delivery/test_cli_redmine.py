@@ -112,3 +112,35 @@ def test_bad_ticket_number_is_refused_before_collecting(cli: Cli, redmine: Redmi
     proc = cli.run("collect", "--ticket", "ABC-1", check=2)
     assert "--ticket" in proc.stderr and "not a Redmine issue number" in proc.stderr
     assert not list((cli.home / "outbox").rglob("*.age"))
+
+
+def test_ctrl_c_during_delivery_keeps_the_bundle_queued(
+    cli: Cli, redmine: Redmine, proxy: FaultProxy
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    _site(cli, proxy.url, redmine.api_key)
+    number = redmine.create_issue("ctrl-c")
+    proxy.set_rules([Rule("hold", "POST", r"^/uploads\.json")])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "collect", "--ticket", str(number)],
+        cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.held.wait(60), "the upload never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.release()
+    assert proc.returncode == 1, out + err  # step b failed; the delivery is pending
+    assert "delivery: will retry: interrupted (Ctrl-C); the bundle stays queued" in out
+    [row] = json.loads(cli.run("outbox", "list", "--json", check=0).stdout)
+    assert row["state"] == "queued"
+    proxy.set_rules([])
+    out = cli.run("outbox", "deliver", check=0).stdout
+    assert out.startswith("sent") and len(redmine.issue(number)["attachments"]) == 1
