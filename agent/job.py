@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from agent import __version__
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
+from agent.delivery import check_room, make_backend, make_outbox
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
 from agent.keys import SigningKey, home, load_identity, load_signing_key
@@ -32,9 +33,8 @@ from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, selec
 from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
 from collectors.base import sha256_file
-from uploader.base import DeliveryMeta
-from uploader.directory import DirectoryBackend
-from uploader.outbox import Attempt, Outbox
+from uploader.base import Backend, DeliveryMeta
+from uploader.outbox import Attempt, OutboxFull
 
 log = logging.getLogger(__name__)
 FAILED_STATES = {"failed", "timeout", "partial"}
@@ -80,6 +80,7 @@ class Prepared:
     recipients: list[Any]
     signing_key: SigningKey
     scrubber: Scrubber
+    backend: Backend | None = None  # None with --output
 
     @property
     def settings(self) -> Settings:
@@ -97,6 +98,8 @@ class JobResult:
     delivery: Attempt | None = None
     interrupted: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    ticket: str | None = None  # the HelpDesk ticket (given, or created by the delivery)
+    ticket_url: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -143,6 +146,10 @@ def _secret_literals(settings: Settings) -> list[str]:
             if ref is not None:
                 with contextlib.suppress(ConfigError):  # the step using it reports it
                     values.append(ref.resolve())
+    api_key = getattr(settings.helpdesk, "api_key", None)
+    if isinstance(api_key, SecretRef):
+        with contextlib.suppress(ConfigError):  # make_backend reports it
+            values.append(api_key.resolve())
     return values
 
 
@@ -170,12 +177,23 @@ def prepare(
         profile = request.profile or settings.collect.default_profile
         plan = make_plan(settings, kb, devices, profile)
     base = home()
+    backend = None
     if request.output is not None:
         if request.output.exists() and not request.output.is_dir():
             raise ConfigError(f"--output {request.output}: a file of that name exists already")
         _check_writable(request.output if request.output.is_dir() else request.output.parent)
     else:
+        backend = make_backend(settings, base)
+        if request.ticket and settings.helpdesk.backend == "redmine":
+            from uploader.base import PermanentError
+            from uploader.redmine import parse_ticket
+
+            try:
+                parse_ticket(request.ticket)
+            except PermanentError as exc:
+                raise ConfigError(f"--ticket: {exc}") from None
         _check_writable(base / "outbox" / "tmp")
+        check_room(make_outbox(settings, base))
     return Prepared(
         loaded=loaded,
         kb=kb,
@@ -185,6 +203,7 @@ def prepare(
         recipients=site_recipients(settings, base),
         signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
+        backend=backend,
     )
 
 
@@ -276,7 +295,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
         rep.phase("pack", total)
         out = prep.request.output
-        outbox = None if out is not None else Outbox(prep.home / "outbox")
+        outbox = None if out is not None else make_outbox(settings, prep.home)
         if out is not None:
             dest = out / name if out.is_dir() else out
         else:
@@ -310,15 +329,33 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             summary=summary_text(manifest),
             created=created.isoformat(),
         )
-        item = outbox.put(tmp, meta)
+        try:
+            item = outbox.put(tmp, meta)
+        except OutboxFull as exc:
+            raise RuntimeFailure(
+                f"{exc}. The new bundle was NOT queued; it is kept at {tmp} (take it from "
+                "there, or free room and collect again)"
+            ) from None
         result.bundle = item.bundle
-        rep.phase("deliver")
-        target = settings.helpdesk.path or outbox.default_delivery_dir
-        for attempt in outbox.deliver(DirectoryBackend(target)):
-            if attempt.item.name == name:
-                result.delivery = attempt
-                if attempt.receipt is not None:
-                    result.bundle = Path(attempt.receipt.location)
+        result.ticket = prep.request.ticket
+        rep.phase("deliver", meta.size if settings.helpdesk.backend != "directory" else 0)
+        backend = make_backend(settings, prep.home, rep.advance)  # with upload progress
+        try:
+            attempts = outbox.deliver(backend, only=name)
+        except KeyboardInterrupt:  # the bundle is safe in the queue; the next run resumes
+            log.warning("delivery of %s interrupted; it stays queued", name)
+            attempts = [Attempt(item, "retry", "interrupted (Ctrl-C); the bundle stays queued")]
+        for attempt in attempts:
+            result.delivery = attempt
+            if attempt.receipt is not None:
+                result.ticket = attempt.receipt.ticket or result.ticket
+                result.ticket_url = attempt.receipt.detail.get("ticket_url")
+                # the directory backend's copy is the bundle now; a remote one is not local
+                local = attempt.receipt.backend == "directory"
+                result.bundle = Path(attempt.receipt.location) if local else None
+            else:  # not delivered yet: the ticket it may have created already
+                made = (attempt.item.record.get("checkpoint") or {}).get("ticket")
+                result.ticket = result.ticket or (str(made) if made else None)
         return result
     finally:
         staging.remove()

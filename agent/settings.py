@@ -13,7 +13,7 @@ import socket
 import tomllib
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
-from collectors.base import Duration
+from collectors.base import Duration, Size
 
 DEFAULT_PATHS = (Path("fieldtrace.toml"), Path("/etc/fieldtrace/fieldtrace.toml"))
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -145,16 +145,51 @@ class DirectoryHelpdesk(Model):
     backend: Literal["directory"] = "directory"
     path: Path | None = None
 
-    @model_validator(mode="before")
+
+class RedmineHelpdesk(Model):
+    """Redmine REST API: tickets in ``project``, bundles attached via ``/uploads.json``."""
+
+    backend: Literal["redmine"]
+    url: str
+    api_key: SecretRef
+    project: str  # identifier ("support") or numeric id
+    tracker: str | int | None = None  # name ("Support") or id; default: the project's first
+    priority: str | int | None = None  # name ("Normal") or id; default: Redmine's default
+    timeout: Duration = 60.0  # connect/read timeout of each request (not of a whole upload)
+    ca_file: Path | None = None  # CA bundle for a private HTTPS certificate
+
+    @field_validator("url")
     @classmethod
-    def _supported(cls, data: Any) -> Any:
-        backend = data.get("backend", "directory") if isinstance(data, dict) else "directory"
-        if backend != "directory":
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError(
-                f"backend {backend!r} is not available in this version of fieldtrace "
-                "(available: directory)"
+                f"expected an http(s) URL like https://helpdesk.example, got {value!r}"
             )
-        return data
+        return value.rstrip("/")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('expected a project identifier like "support" or an id')
+        return value.strip()
+
+
+# The [helpdesk] table: one model per backend, chosen by ``backend``.
+Helpdesk = Annotated[DirectoryHelpdesk | RedmineHelpdesk, Field(discriminator="backend")]
+
+
+def _helpdesk_backends() -> list[str]:
+    union = get_args(Helpdesk)[0]
+    return [get_args(m.model_fields["backend"].annotation)[0] for m in get_args(union)]
+
+
+class OutboxSettings(Model):
+    """The spool of bundles waiting for delivery and how its worker retries."""
+
+    max_bytes: Size = 10 * 1024**3  # queued + parked bundles; a new one over the cap is refused
+    backoff_base: Duration = 30.0  # first retry after ~this, doubling on each failure ...
+    backoff_max: Duration = 3600.0  # ... up to this (with +-jitter)
 
 
 class Kb(Model):
@@ -240,11 +275,25 @@ LOCAL_DEVICE = Device(name="local", type="linux-host", address="localhost")
 class Settings(Model):
     site: Site = Site()
     vendor: Vendor = Vendor()
-    helpdesk: DirectoryHelpdesk = DirectoryHelpdesk()
+    helpdesk: Helpdesk = DirectoryHelpdesk()
+    outbox: OutboxSettings = OutboxSettings()
     kb: Kb = Kb()
     devices: list[Device] = []
     scrub: Scrub = Scrub()
     collect: Collect = Collect()
+
+    @field_validator("helpdesk", mode="before")
+    @classmethod
+    def _backend_known(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = {"backend": "directory", **value}
+            known = _helpdesk_backends()
+            if value["backend"] not in known:
+                raise ValueError(
+                    f"backend {value['backend']!r} is not available in this version of "
+                    f"fieldtrace (available: {', '.join(known)})"
+                )
+        return value
 
     @field_validator("devices")
     @classmethod

@@ -201,7 +201,15 @@ def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any
         "scrubbed": result.counts,
         "identity": str(home / "identity.txt"),
         "signer": result.manifest["signer"],
-        "delivery": None if d is None else {"outcome": d.outcome, "message": d.message},
+        "delivery": None
+        if d is None
+        else {
+            "outcome": d.outcome,
+            "message": d.message,
+            "location": d.receipt.location if d.receipt else None,
+        },
+        "ticket": result.ticket,
+        "ticket_url": result.ticket_url,
         "devices": result.manifest["devices"],
         "steps": [
             {"device": r.device, "id": r.step, "status": r.status, "error": r.error}
@@ -232,16 +240,22 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
             f"scrubbed {total} secret(s): "
             + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
         )
-    assert result.bundle is not None and result.pack is not None
+    assert result.pack is not None
+    shown = result.bundle or (result.delivery.item.name if result.delivery else "")
     who = (
         f"{vendor_recipients} vendor key(s) + this site's identity"
         if vendor_recipients
         else "this site's identity only: no [vendor] recipients configured"
     )
-    print(
-        f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"
-    )
+    print(f"bundle: {shown} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})")
     d = result.delivery
+    if result.ticket:
+        url = f" {result.ticket_url}" if result.ticket_url else ""
+        print(f"ticket: #{result.ticket}{url}")
+    if d is not None and d.receipt is not None and d.receipt.backend != "directory":
+        print(f"delivery: attached to ticket #{d.receipt.ticket}: {d.receipt.location}")
+        print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")
+        return
     if d is not None and d.outcome == "parked":
         print(
             f"delivery: parked: {d.message}\n  the bundle is kept in the outbox; fix the cause, "

@@ -37,6 +37,13 @@ def run_check(args: argparse.Namespace) -> int:
             ref.resolve()
         except ConfigError as exc:
             problems.append(f"scrub.values[{j}]: {exc}")
+    try:  # the helpdesk backend resolves its own secrets (API key, passwords)
+        from agent.delivery import make_backend
+        from agent.keys import home
+
+        make_backend(s, home())
+    except ConfigError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(f"{loaded.source}: {p}" for p in problems))
     summary: dict[str, Any] = {
