@@ -33,7 +33,6 @@ from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
 from collectors.base import sha256_file
 from uploader.base import DeliveryMeta
-from uploader.directory import DirectoryBackend
 from uploader.outbox import Attempt, Outbox
 
 log = logging.getLogger(__name__)
@@ -300,8 +299,9 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         item = outbox.put(tmp, meta)
         result.bundle = item.bundle
         rep.phase("deliver")
-        target = settings.helpdesk.path or outbox.default_delivery_dir
-        for attempt in outbox.deliver(DirectoryBackend(target)):
+        from agent.helpdesk import make_backend
+
+        for attempt in outbox.deliver(make_backend(settings, outbox.root)):
             if attempt.item.name == name:
                 result.delivery = attempt
                 if attempt.receipt is not None:

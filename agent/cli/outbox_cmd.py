@@ -60,13 +60,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_deliver(args: argparse.Namespace) -> int:
     from agent.cli.common import emit_json, settings
-    from uploader.directory import DirectoryBackend
+    from agent.helpdesk import make_backend
 
     s = settings(args).settings
     box = _outbox()
-    attempts = box.deliver(
-        DirectoryBackend(s.helpdesk.path or box.default_delivery_dir), force=True
-    )
+    attempts = box.deliver(make_backend(s, box.root), force=True)
     rows = [{"name": a.item.name, "outcome": a.outcome, "message": a.message} for a in attempts]
     if args.json:
         emit_json(rows)
