@@ -80,7 +80,7 @@ class HttpBackend:
         self, bundle_path: Path, meta: DeliveryMeta, checkpoint: Checkpoint | None = None
     ) -> Receipt:
         import requests
-        from requests_toolbelt import MultipartEncoder  # type: ignore[import-untyped]
+        from requests_toolbelt import MultipartEncoder
 
         cfg = self.config
         headers = {"Idempotency-Key": meta.bundle_id, "User-Agent": "fieldtrace"}
