@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.attachments import Attachment, check_attachments, manifest_entries, stage_attachments
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
@@ -31,7 +32,7 @@ from agent.keys import SigningKey, home, load_identity, load_signing_key
 from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
 from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
-from collectors.base import sha256_file
+from collectors.base import Artifact, sha256_file
 from uploader.base import DeliveryMeta
 from uploader.outbox import Attempt, Outbox
 
@@ -66,6 +67,9 @@ class JobRequest:
     trigger: str = "cli"
     requested_by: str = ""
     output: Path | None = None
+    subject: str = ""  # for a new ticket (collect --subject)
+    description: str = ""  # for a new ticket (collect --description)
+    attachments: tuple[Path, ...] = ()  # files added to the bundle (collect --attach)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class Prepared:
     recipients: list[Any]
     signing_key: SigningKey
     scrubber: Scrubber
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -156,6 +161,7 @@ def prepare(
 ) -> Prepared:
     """Validate the whole job; raises ConfigError (exit 2) before anything is touched."""
     settings = loaded.settings
+    attachments = check_attachments(request.attachments)
     kb = kb or load_context(loaded)
     devices = select_devices(settings, list(request.devices))
     profile = request.profile or settings.collect.default_profile
@@ -176,6 +182,7 @@ def prepare(
         recipients=site_recipients(settings, base),
         signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
+        attachments=attachments,
     )
 
 
@@ -244,11 +251,16 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         started = utcnow()
         results = runner.run()
         finished = utcnow()
-        rep.phase("scrub", sum(len(r.artifacts) for r in results))
-        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep)
+        attached, attach_errors = stage_attachments(staging.path, prep.attachments)
+        rep.phase("scrub", sum(len(r.artifacts) for r in results) + len(attached))
+        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep, attached)
         manifest = build_manifest(
             prep, job_id, bundle_id, created, started, finished, results, runner.interrupted
         )
+        manifest["attachments"] = manifest_entries(prep.attachments, attached, attach_errors)
+        subject = _scrubbed(prep.scrubber, prep.request.subject)
+        description = _scrubbed(prep.scrubber, prep.request.description)
+        manifest["job"].update(subject=subject, description=description)
         name = bundle_name(settings, prep.plan, created, bundle_id)
         result = JobResult(
             job_id,
@@ -260,6 +272,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             counts=counts,
         )
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
+        total += sum(a.size for a in attached)
         rep.phase("pack", total)
         out = prep.request.output
         outbox = None if out is not None else Outbox(prep.home / "outbox")
@@ -295,6 +308,8 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             profile=prep.plan.profile,
             summary=summary_text(manifest),
             created=created.isoformat(),
+            subject=subject,
+            description=description,
         )
         item = outbox.put(tmp, meta)
         result.bundle = item.bundle
@@ -304,7 +319,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         for attempt in outbox.deliver(make_backend(settings, outbox.root)):
             if attempt.item.name == name:
                 result.delivery = attempt
-                if attempt.receipt is not None:
+                if attempt.receipt is not None and attempt.receipt.backend == "directory":
                     result.bundle = Path(attempt.receipt.location)
         return result
     finally:
@@ -312,11 +327,15 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
 
 
 def scrub_and_hash(
-    scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
+    scrubber: Scrubber,
+    staging: Path,
+    results: list[StepResult],
+    rep: Reporter,
+    extra: list[Artifact] | None = None,
 ) -> dict[str, int]:
-    """Scrub every artifact in place and record its sha256, size and scrub counts."""
+    """Scrub every artifact (and ``extra`` ones) in place; record sha256, size, scrub counts."""
     totals: Counter[str] = Counter()
-    arts = [a for res in results for a in res.artifacts]
+    arts = [a for res in results for a in res.artifacts] + list(extra or ())
     try:
         for art, (counts, digest, size) in zip(
             arts, scrub_many(scrubber, [staging / a.path for a in arts]), strict=True
@@ -410,6 +429,10 @@ def build_manifest(
         "summary": {"steps": len(results), **dict(sorted(statuses.items()))},
         "signer": prep.signing_key.fingerprint(),
     }
+
+
+def _scrubbed(scrubber: Scrubber, text: str) -> str:
+    return scrubber.scrub_bytes(text.encode()).decode(errors="replace") if text else ""
 
 
 def summary_text(manifest: dict[str, Any]) -> str:

@@ -28,6 +28,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-p", "--profile", help="KB profile (problem type); default: 'default'")
     p.add_argument("-t", "--ticket", help="HelpDesk ticket the bundle belongs to")
+    p.add_argument(
+        "--subject", default="", help="subject of the new ticket (when there is no --ticket)"
+    )
+    p.add_argument("--description", default="", help="what the problem is, for the new ticket")
+    p.add_argument(
+        "--attach",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="add files (screenshots, notes) to the bundle under attachments/",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
     p.add_argument(
         "-o",
@@ -97,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         ticket=args.ticket,
         output=Path(args.output) if args.output else None,
+        subject=args.subject,
+        description=args.description,
+        attachments=tuple(Path(a) for a in args.attach),
     )
     prep = prepare(loaded, request)
     if args.dry_run:
@@ -180,6 +195,8 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
         f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"
     )
     d = result.delivery
+    if d is not None and d.receipt is not None and d.receipt.backend != "directory":
+        print(f"delivered by {d.receipt.backend}: {d.receipt.location}")
     if d is not None and d.outcome == "parked":
         print(
             f"delivery: parked: {d.message}\n  the bundle is kept in the outbox; fix the cause, "
