@@ -1,30 +1,33 @@
 """Build the ``email`` and ``http`` backends from ``[helpdesk]`` (uploader never reads config).
 
-Secrets are passed as callables resolved at each delivery; a secret that cannot be read is
-a ``PermanentError`` (the item is parked with the reason until someone fixes the file).
+Secrets are resolved here, when the backend is built (before anything is collected): a
+missing or empty one is a ConfigError (exit 2) naming the key; the value is registered with
+the log filter so it never shows up in a log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.logs import register_secret
 from agent.settings import EmailHelpdesk, HttpHelpdesk, SecretRef, Settings
-from uploader.base import PermanentError
 from uploader.email import EmailBackend, SmtpConfig
 from uploader.http import META_FIELDS, HttpBackend, HttpConfig
 
 
-def _secret(ref: SecretRef, what: str) -> Callable[[], str]:
-    def resolve() -> str:
-        try:
-            return ref.resolve()
-        except ConfigError as exc:
-            raise PermanentError(f"{what}: {exc}") from None
-
-    return resolve
+def _secret(ref: SecretRef | None, key: str) -> str | None:
+    if ref is None:
+        return None
+    try:
+        value = ref.resolve()
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not value:
+        raise ConfigError(f"{key}: the {ref.describe()} is empty")
+    register_secret(value)
+    return value
 
 
 def email_backend(settings: Settings) -> EmailBackend:
@@ -39,7 +42,7 @@ def email_backend(settings: Settings) -> EmailBackend:
             recipients=tuple(hd.to),
             tls=hd.tls,
             username=hd.username,
-            password=_secret(hd.password, "helpdesk.password") if hd.password else None,
+            password=_secret(hd.password, "helpdesk.password"),
             ca_file=hd.ca_file,
             timeout=hd.timeout,
             max_attachment_bytes=hd.max_attachment_bytes,
@@ -59,7 +62,7 @@ def http_backend(settings: Settings) -> HttpBackend:
             fields={f: names[f] for f in META_FIELDS},
             extra_fields=dict(hd.extra_fields),
             auth_header=hd.auth_header,
-            auth_value=_secret(hd.auth_value, "helpdesk.auth_value") if hd.auth_value else None,
+            auth_value=_secret(hd.auth_value, "helpdesk.auth_value"),
             success_codes=frozenset(hd.success_codes),
             response_ticket_field=hd.response_ticket_field,
             ca_file=hd.ca_file,

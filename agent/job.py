@@ -146,6 +146,11 @@ def _secret_literals(settings: Settings) -> list[str]:
             if ref is not None:
                 with contextlib.suppress(ConfigError):  # the step using it reports it
                     values.append(ref.resolve())
+    for key in ("password", "auth_value"):  # the email / http backends' secrets
+        ref = getattr(settings.helpdesk, key, None)
+        if isinstance(ref, SecretRef):
+            with contextlib.suppress(ConfigError):  # building the backend reports it
+                values.append(ref.resolve())
     return values
 
 

@@ -22,7 +22,6 @@ import logging
 import math
 import smtplib
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    """Everything the backend needs; secrets come as a callable resolved at use."""
+    """Everything the backend needs (the password already resolved by the agent)."""
 
     host: str
     port: int
@@ -51,7 +50,7 @@ class SmtpConfig:
     recipients: tuple[str, ...]
     tls: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
-    password: Callable[[], str] | None = None
+    password: str | None = None
     ca_file: Path | None = None
     timeout: float = 60.0
     max_attachment_bytes: int = 10 * 1000**2
@@ -150,7 +149,7 @@ class EmailBackend:
                 smtp.starttls(context=ctx)
                 smtp.ehlo()
             if cfg.username is not None and cfg.password is not None:
-                self._login(smtp, cfg.username, cfg.password())
+                self._login(smtp, cfg.username, cfg.password)
         except BaseException:
             smtp.close()
             raise

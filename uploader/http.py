@@ -15,7 +15,7 @@ a redirect would lose its body).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class HttpConfig:
     fields: Mapping[str, str] = field(default_factory=lambda: {f: f for f in META_FIELDS})
     extra_fields: Mapping[str, str] = field(default_factory=dict)
     auth_header: str = "Authorization"
-    auth_value: Callable[[], str] | None = None
+    auth_value: str | None = None  # the header's value (a secret, resolved by the agent)
     success_codes: frozenset[int] = frozenset({200, 201, 202, 204})
     response_ticket_field: str | None = None
     ca_file: Path | None = None
@@ -85,7 +85,7 @@ class HttpBackend:
         cfg = self.config
         headers = {"Idempotency-Key": meta.bundle_id, "User-Agent": "fieldtrace"}
         if cfg.auth_value is not None:
-            headers[cfg.auth_header] = cfg.auth_value()
+            headers[cfg.auth_header] = cfg.auth_value
         try:
             fh = open(bundle_path, "rb")  # noqa: SIM115 (closed below)
         except OSError as exc:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def test_plain_client_refused_by_a_starttls_server_is_permanent(
 def test_wrong_password_is_permanent(smtp: SmtpServer, tmp_path: Path) -> None:
     path, meta = make_bundle(tmp_path, 1000)
     backend = make_backend(smtp, tmp_path)
-    (tmp_path / "smtp.password").write_text("not-the-password\n")
+    backend = EmailBackend(replace(backend.config, password="not-the-password"))
     with pytest.raises(PermanentError) as err:
         backend.deliver(path, meta)
     assert "authentication as ft-relay failed: 535" in str(err.value)
@@ -270,6 +271,7 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
     assert b"".join(m.attachment()[1] for m in msgs) == path.read_bytes()
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # implicit TLS
 @pytest.mark.parametrize("mode", ["tls", "none"])
 def test_implicit_tls_and_plain_loopback(
     mode: str, tls_cert: tuple[Path, Path], tmp_path: Path
