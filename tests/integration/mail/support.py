@@ -104,7 +104,16 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: list[Received] = []
         self.on_data: DataHook | None = None
+        self.rcpt_reply: str | None = None  # e.g. "550 5.7.1 Relaying denied"
         self.seen = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.rcpt_reply is not None:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         index = self.seen
@@ -121,6 +130,7 @@ class Recorder:
     def reset(self) -> None:
         self.messages.clear()
         self.on_data = None
+        self.rcpt_reply = None
         self.seen = 0
 
 

@@ -157,6 +157,21 @@ def test_wrong_password_is_permanent(smtp: SmtpServer, tmp_path: Path) -> None:
     assert smtp.recorder.messages == []
 
 
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("550 5.7.1 Relaying denied", PermanentError), ("450 4.2.0 Mailbox busy", TransientError)],
+)
+def test_recipient_refused_5xx_permanent_4xx_transient(
+    smtp: SmtpServer, tmp_path: Path, reply: str, error: type[Exception]
+) -> None:
+    smtp.recorder.rcpt_reply = reply
+    path, meta = make_bundle(tmp_path, 1000)
+    with pytest.raises(error) as err:
+        make_backend(smtp, tmp_path).deliver(path, meta)
+    assert f"{SUPPORT}: {reply}" in str(err.value)
+    assert smtp.recorder.messages == []
+
+
 def test_untrusted_certificate_is_permanent(smtp: SmtpServer, tmp_path: Path) -> None:
     path, meta = make_bundle(tmp_path, 1000)
     backend = make_backend(smtp, tmp_path, ca_file=None)
