@@ -2,6 +2,9 @@
 
 From is the site's registered address (the vendor accepts mail only from it), To the support
 address; the subject carries contract, company and ticket number so the HelpDesk files it.
+TLS: STARTTLS (default; a relay on loopback that offers none is used in plain), implicit
+TLS (SMTPS), or plain when ``tls = "none"`` is explicit.
+
 A bundle over ``max_attachment_bytes`` is either refused (``oversize = "refuse"``) or split
 into numbered parts ``NAME.part001-of-003`` mailed one per message (``"split"``);
 ``cat NAME.part* > NAME`` rejoins them byte for byte. Parts are read from the file one at a
@@ -18,6 +21,7 @@ permanent.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import smtplib
@@ -55,6 +59,15 @@ class SmtpConfig:
     timeout: float = 60.0
     max_attachment_bytes: int = 10 * 1000**2
     oversize: Literal["split", "refuse"] = "split"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def part_name(name: str, index: int, total: int) -> str:
@@ -140,7 +153,9 @@ class EmailBackend:
             smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
         try:
             smtp.ehlo()
-            if cfg.tls == "starttls":
+            if cfg.tls == "starttls" and not smtp.has_extn("starttls") and _loopback(cfg.host):
+                log.info("email: %s offers no STARTTLS; plain on loopback", self._where())
+            elif cfg.tls == "starttls":
                 if not smtp.has_extn("starttls"):
                     raise PermanentError(
                         f'{self._where()} does not offer STARTTLS; set [helpdesk] tls = "tls" '
@@ -267,6 +282,7 @@ class EmailBackend:
             first_id = message_id(meta, 1, total, cfg.sender)
             msg["In-Reply-To"] = first_id
             msg["References"] = first_id
+        # no "Auto-Submitted: auto-generated": HelpDesks (Redmine among them) drop such mail
         msg["X-Fieldtrace-Bundle"] = meta.bundle_id
         msg["X-Fieldtrace-Part"] = f"{index}/{total}"
         msg.set_content(_body(meta, index, total, part, first, len(data)))

@@ -287,15 +287,18 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # implicit TLS
-@pytest.mark.parametrize("mode", ["tls", "none"])
+@pytest.mark.parametrize(
+    ("server_tls", "client_tls"), [("tls", "tls"), ("none", "none"), ("none", "starttls")]
+)
 def test_implicit_tls_and_plain_loopback(
-    mode: str, tls_cert: tuple[Path, Path], tmp_path: Path
+    server_tls: str, client_tls: str, tls_cert: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    server = start_smtp(*tls_cert, tls=mode, auth=mode == "tls")
+    """SMTPS; plain when configured; a loopback relay without STARTTLS is used in plain."""
+    server = start_smtp(*tls_cert, tls=server_tls, auth=server_tls == "tls")
     try:
         path, meta = make_bundle(tmp_path, 5000)
-        overrides: dict[str, Any] = {"tls": mode}
-        if mode == "none":
+        overrides: dict[str, Any] = {"tls": client_tls}
+        if server_tls == "none":
             overrides.update(username=None, password=None)
         make_backend(server, tmp_path, **overrides).deliver(path, meta)
         assert len(server.recorder.messages) == 1
