@@ -7,8 +7,9 @@ TLS (SMTPS), or plain when ``tls = "none"`` is explicit.
 
 A bundle over ``max_attachment_bytes`` is either refused (``oversize = "refuse"``) or split
 into numbered parts ``NAME.part001-of-003`` mailed one per message (``"split"``);
-``cat NAME.part* > NAME`` rejoins them byte for byte. Parts are read from the file one at a
-time, never the whole bundle.
+``cat NAME.part* > NAME`` rejoins them byte for byte. The email package builds each message
+around an empty attachment; the part's bytes are then read, base64-encoded and sent in ~1 MiB
+pieces inside smtplib's DATA command, so memory stays flat whatever the bundle or part size.
 
 Idempotency: each part accepted by the server is recorded in the outbox item's checkpoint
 (``email_sent_parts``) before the next is sent, so a retry after a crash or a dropped
@@ -21,16 +22,20 @@ permanent.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import math
+import re
 import smtplib
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from uploader.base import (
     Checkpoint,
@@ -238,14 +243,16 @@ class EmailBackend:
         todo: list[int],
     ) -> None:
         smtp: smtplib.SMTP | None = None
+        size = bundle_path.stat().st_size
         try:
             smtp = self._connect()
             with open(bundle_path, "rb") as fh:
                 for index in todo:
-                    fh.seek((index - 1) * part_size)
-                    data = fh.read(part_size)
-                    msg = self._message(meta, index, total, data, (index - 1) * part_size)
-                    self._send(smtp, msg, index, total)
+                    first = (index - 1) * part_size
+                    length = min(part_size, size - first)
+                    head, tail = self._frame(meta, index, total, first, length)
+                    fh.seek(first)
+                    self._send(smtp, head, _base64_lines(fh, length), tail, length, index, total)
                     sent.add(index)
                     state.save(email_sent_parts=sorted(sent))
                     log.info("email: %s part %d/%d accepted", meta.name, index, total)
@@ -267,12 +274,18 @@ class EmailBackend:
             if smtp is not None:
                 smtp.close()
 
-    def _message(
-        self, meta: DeliveryMeta, index: int, total: int, data: bytes, first: int
-    ) -> EmailMessage:
+    def _frame(
+        self, meta: DeliveryMeta, index: int, total: int, first: int, length: int
+    ) -> tuple[bytes, bytes]:
+        """The message around the attachment's base64 body, built by the email package.
+
+        The attachment is added empty with ``Content-Transfer-Encoding: base64``; the
+        flattened message is cut where its (empty) body is, so the bundle's bytes can be
+        encoded and sent chunk by chunk in between: memory stays flat whatever the part size.
+        """
         cfg = self.config
         part = part_name(meta.name, index, total)
-        msg = EmailMessage()
+        msg = EmailMessage(policy=_POLICY)
         msg["From"] = cfg.sender
         msg["To"] = ", ".join(cfg.recipients)
         msg["Subject"] = subject_for(meta, index, total)
@@ -285,35 +298,101 @@ class EmailBackend:
         # no "Auto-Submitted: auto-generated": HelpDesks (Redmine among them) drop such mail
         msg["X-Fieldtrace-Bundle"] = meta.bundle_id
         msg["X-Fieldtrace-Part"] = f"{index}/{total}"
-        msg.set_content(_body(meta, index, total, part, first, len(data)))
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=part)
-        return msg
+        msg.set_content(_body(meta, index, total, part, first, length))
+        msg.add_attachment(b"", maintype="application", subtype="octet-stream", filename=part)
+        flat = msg.as_bytes()
+        boundary = msg.get_boundary()
+        assert boundary is not None
+        cut = flat.rindex(f"\r\n--{boundary}--".encode())
+        head, tail = flat[:cut], flat[cut:]
+        if not head.endswith(b"\r\n\r\n"):  # the attachment's headers end with a blank line
+            raise AssertionError("unexpected MIME layout from the email package")
+        return _DOT.sub(b"..", head), _DOT.sub(b"..", tail)
 
-    def _send(self, smtp: smtplib.SMTP, msg: EmailMessage, index: int, total: int) -> None:
+    def _send(
+        self,
+        smtp: smtplib.SMTP,
+        head: bytes,
+        body: Iterator[bytes],
+        tail: bytes,
+        length: int,
+        index: int,
+        total: int,
+    ) -> None:
+        """One SMTP transaction (smtplib's commands), the DATA streamed in pieces."""
         cfg = self.config
-        try:
-            refused = smtp.send_message(msg, from_addr=cfg.sender, to_addrs=list(cfg.recipients))
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
+        options = []
+        if smtp.has_extn("size"):  # lets the server refuse a too-big message up front
+            options.append(f"SIZE={len(head) + _base64_size(length) + len(tail) + 5}")
+        code, resp = smtp.mail(cfg.sender, options)
+        if code != 250:
+            err = _smtp_error(
+                smtplib.SMTPSenderRefused(code, resp, cfg.sender),
+                f"{self._where()} refused the sender {cfg.sender}",
+            )
+            if code == 552:
+                raise PermanentError(f"{err}; {_TOO_BIG}")
+            raise err
+        refused = {}
+        for rcpt in cfg.recipients:
+            code, resp = smtp.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = (code, resp)
+        if len(refused) == len(cfg.recipients):
+            smtp.rset()
+            codes = [code for code, _ in refused.values()]
             detail = "; ".join(
                 f"{rcpt}: {code} {text.decode(errors='replace')}"
-                for rcpt, (code, text) in exc.recipients.items()
+                for rcpt, (code, text) in refused.items()
             )
             text = f"{self._where()} refused the support address ({detail})"
             if all(code >= 500 for code in codes):
                 raise PermanentError(
                     f"{text}; check [helpdesk] to, and that the server relays for {cfg.sender}"
-                ) from exc
-            raise TransientError(text) from exc
-        except smtplib.SMTPSenderRefused as exc:
-            raise _smtp_error(exc, f"{self._where()} refused the sender {cfg.sender}") from exc
-        except smtplib.SMTPDataError as exc:
-            err = _smtp_error(exc, f"{self._where()} refused part {index}/{total}")
-            if exc.smtp_code == 552:
-                raise PermanentError(
-                    f"{err}; lower [helpdesk] max_attachment_bytes (base64 makes a message "
-                    "about a third bigger than its attachment)"
-                ) from exc
-            raise err from exc
+                )
+            raise TransientError(text)
+        code, resp = smtp.docmd("data")
+        if code != 354:
+            raise _smtp_error(
+                smtplib.SMTPDataError(code, resp), f"{self._where()} refused the DATA command"
+            )
+        smtp.send(head)
+        for chunk in body:
+            smtp.send(chunk)
+        smtp.send(tail + b"\r\n.\r\n")
+        code, resp = smtp.getreply()
+        if code != 250:
+            err = _smtp_error(
+                smtplib.SMTPDataError(code, resp), f"{self._where()} refused part {index}/{total}"
+            )
+            if code == 552:
+                raise PermanentError(f"{err}; {_TOO_BIG}")
+            raise err
         if refused:
             log.warning("email: some recipients refused part %d/%d: %s", index, total, refused)
+
+
+_POLICY = policy.SMTP.clone(cte_type="7bit")  # CRLF, 7-bit clean (no 8BITMIME needed)
+_DOT = re.compile(rb"(?m)^\.")  # SMTP dot-stuffing (base64 lines never start with ".")
+_RAW_LINE = 57  # bytes per 76-character base64 line
+_CHUNK = _RAW_LINE * 16384  # ~0.9 MiB read, encoded and sent at a time
+_TOO_BIG = (
+    "lower [helpdesk] max_attachment_bytes (base64 makes a message about a third bigger "
+    "than its attachment)"
+)
+
+
+def _base64_size(length: int) -> int:
+    encoded = 4 * math.ceil(length / 3)
+    return encoded + 2 * math.ceil(encoded / 76)
+
+
+def _base64_lines(fh: BinaryIO, length: int) -> Iterator[bytes]:
+    """``length`` bytes from ``fh`` as base64 in 76-character CRLF lines, ~1 MiB at a time."""
+    left = length
+    while left > 0:
+        data = fh.read(min(_CHUNK, left))
+        if not data:
+            raise OSError(f"the bundle is shorter than expected ({left} bytes missing)")
+        left -= len(data)
+        yield base64.encodebytes(data).replace(b"\n", b"\r\n")
