@@ -154,7 +154,9 @@ class SmtpServer:
     controller: Any
 
 
-def start_smtp(cert: Path, key: Path, tls: str = "starttls", auth: bool = True) -> SmtpServer:
+def start_smtp(
+    cert: Path, key: Path, tls: str = "starttls", auth: bool = True, size_limit: int | None = None
+) -> SmtpServer:
     """aiosmtpd on 127.0.0.1: STARTTLS required + AUTH (default), implicit TLS, or plain."""
     from aiosmtpd.controller import Controller
 
@@ -162,6 +164,8 @@ def start_smtp(cert: Path, key: Path, tls: str = "starttls", auth: bool = True) 
     port = free_port()
     ctx = server_context(cert, key)
     kwargs: dict[str, Any] = {"hostname": "127.0.0.1", "port": port}
+    if size_limit is not None:
+        kwargs["data_size_limit"] = size_limit
     if tls == "tls":  # aiosmtpd cannot tell the socket is TLS: allow AUTH explicitly
         kwargs.update(ssl_context=ctx, auth_require_tls=False)
     elif tls == "starttls":

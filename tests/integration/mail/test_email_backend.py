@@ -305,3 +305,25 @@ def test_implicit_tls_and_plain_loopback(
         assert server.recorder.messages[0].attachment()[1] == path.read_bytes()
     finally:
         server.controller.stop()
+
+
+def test_message_over_the_servers_size_limit_is_permanent(
+    tls_cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """ESMTP SIZE: the server refuses before the data is sent; the fix is named."""
+    server = start_smtp(*tls_cert, tls="none", auth=False, size_limit=50_000)
+    try:
+        path, meta = make_bundle(tmp_path, 60_000)
+        backend = make_backend(server, tmp_path, tls="none", username=None, password=None)
+        with pytest.raises(PermanentError) as err:
+            backend.deliver(path, meta)
+        assert "552" in str(err.value) and "lower [helpdesk] max_attachment_bytes" in str(err.value)
+        assert server.recorder.messages == []
+        # split below the server's limit, the same bundle goes through
+        split = make_backend(
+            server, tmp_path, tls="none", username=None, password=None, max_attachment_bytes=30_000
+        )
+        assert split.deliver(path, meta).detail["parts"] == 2
+        assert b"".join(m.attachment()[1] for m in server.recorder.messages) == path.read_bytes()
+    finally:
+        server.controller.stop()
