@@ -17,6 +17,7 @@ idempotence on bundle id makes the retry safe.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -27,9 +28,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from uploader.base import Backend, DeliveryMeta, PermanentError, Receipt, TransientError
+from uploader.base import (
+    Backend,
+    DeliveryMeta,
+    PermanentError,
+    Receipt,
+    ResumableBackend,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 SUFFIX = ".tar.zst.age"
@@ -68,6 +76,23 @@ class Attempt:
     outcome: str  # sent | retry | parked | waiting
     message: str = ""
     receipt: Receipt | None = None
+
+
+class _ItemCheckpoint:
+    """The backend's progress, kept in the queued item's record and fsynced on each save."""
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        self.path = path
+        self.record = record
+
+    def get(self, key: str) -> Any:
+        return (self.record.get("checkpoint") or {}).get(key)
+
+    def save(self, **values: Any) -> None:
+        cp = dict(self.record.get("checkpoint") or {})
+        cp.update(values)
+        self.record["checkpoint"] = {k: v for k, v in cp.items() if v is not None}
+        _write_json(self.path, self.record)
 
 
 class Outbox:
@@ -145,8 +170,14 @@ class Outbox:
         assert item.bundle is not None
         rec = item.record
         rec["attempts"] = rec.get("attempts", 0) + 1
+        js = item.bundle.with_name(item.bundle.name + ".json")
         try:
-            receipt = backend.deliver(item.bundle, item.meta)
+            if "checkpoint" in inspect.signature(backend.deliver).parameters:
+                receipt = cast(ResumableBackend, backend).deliver(
+                    item.bundle, item.meta, checkpoint=_ItemCheckpoint(js, rec)
+                )
+            else:
+                receipt = backend.deliver(item.bundle, item.meta)
         except PermanentError as exc:
             rec["last_error"] = str(exc)
             self._move(item, "parked")
