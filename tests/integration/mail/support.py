@@ -219,7 +219,7 @@ class Reply:
 class HttpEndpoint:
     """A HelpDesk-like upload endpoint; ``replies`` says how to answer the next requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[HttpRequest] = []
         self.replies: list[Reply] = []
         self.default = Reply()
@@ -252,21 +252,29 @@ class HttpEndpoint:
                 reply = endpoint.replies.pop(0) if endpoint.replies else endpoint.default
                 if reply.delay:
                     time.sleep(reply.delay)
-                self.send_response(reply.status)
-                for k, v in reply.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                self.wfile.write(reply.body)
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the timeout test)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            ctx = server_context(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/upload"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/upload"
 
     def stop(self) -> None:
         self.server.shutdown()

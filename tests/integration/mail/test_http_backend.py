@@ -145,3 +145,20 @@ def test_nothing_listening_is_transient(tmp_path: Path) -> None:
     path, meta = make_bundle(tmp_path, 100)
     with pytest.raises(TransientError, match="ConnectionError"):
         backend.deliver(path, meta)
+
+
+def test_https_with_a_private_ca_and_untrusted_certificate(
+    tls_cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    endpoint = HttpEndpoint(tls=tls_cert)
+    try:
+        path, meta = make_bundle(tmp_path, 200_000)
+        with pytest.raises(PermanentError) as err:
+            make_backend(endpoint, tmp_path).deliver(path, meta)
+        assert "TLS" in str(err.value) and "ca_file" in str(err.value)
+        assert endpoint.requests == []
+        make_backend(endpoint, tmp_path, ca_file=str(tls_cert[0])).deliver(path, meta)
+        assert endpoint.requests[0].files["file"][1] == path.read_bytes()
+        assert endpoint.requests[0].headers["Authorization"] == TOKEN
+    finally:
+        endpoint.stop()
