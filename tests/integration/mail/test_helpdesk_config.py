@@ -74,6 +74,10 @@ def test_missing_password_file_is_exit_2_naming_the_key(cli: Cli) -> None:
     )
     proc = cli.run("outbox", "deliver", check=2)
     assert "helpdesk.password" in proc.stderr and "missing.secret" in proc.stderr
+    proc = cli.run("config", "check", check=2)
+    assert (
+        "helpdesk.password: secret: cannot read" in proc.stderr and "missing.secret" in proc.stderr
+    )
 
 
 def test_subject_and_part_names() -> None:
