@@ -9,12 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError, RuntimeFailure
 from agent.logs import register_secret
-from agent.settings import DirectoryHelpdesk, RedmineHelpdesk, Settings
+from agent.settings import (
+    DirectoryHelpdesk,
+    EmailHelpdesk,
+    HttpHelpdesk,
+    RedmineHelpdesk,
+    SecretRef,
+    Settings,
+)
 from uploader.base import Backend
 from uploader.outbox import Outbox, OutboxFull
+
+if TYPE_CHECKING:
+    from uploader.email import EmailBackend
+    from uploader.http import HttpBackend
 
 
 def make_outbox(settings: Settings, home: Path) -> Outbox:
@@ -34,13 +46,8 @@ def make_backend(
     if isinstance(hd, RedmineHelpdesk):
         from uploader.redmine import RedmineBackend, RedmineOptions
 
-        try:
-            key = hd.api_key.resolve()
-        except ConfigError as exc:
-            raise ConfigError(f"helpdesk.api_key: {exc}") from None
-        if not key:
-            raise ConfigError(f"helpdesk.api_key: the {hd.api_key.describe()} is empty")
-        register_secret(key)
+        key = _secret(hd.api_key, "helpdesk.api_key")
+        assert key is not None  # the key is required by the model
         options = RedmineOptions(
             url=hd.url,
             api_key=key,
@@ -51,7 +58,71 @@ def make_backend(
             verify=str(hd.ca_file) if hd.ca_file else True,
         )
         return RedmineBackend(options, progress)
+    if isinstance(hd, EmailHelpdesk):
+        return email_backend(settings)
+    if isinstance(hd, HttpHelpdesk):
+        return http_backend(settings)
     raise ConfigError(f"helpdesk.backend: {hd.backend!r} has no backend")  # pragma: no cover
+
+
+def _secret(ref: SecretRef | None, key: str) -> str | None:
+    """The secret's value, registered with the log mask; ConfigError names the key."""
+    if ref is None:
+        return None
+    try:
+        value = ref.resolve()
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not value:
+        raise ConfigError(f"{key}: the {ref.describe()} is empty")
+    register_secret(value)
+    return value
+
+
+def email_backend(settings: Settings) -> EmailBackend:
+    from uploader.email import EmailBackend, SmtpConfig
+
+    hd = settings.helpdesk
+    assert isinstance(hd, EmailHelpdesk)
+    sender = hd.from_ or settings.site.contact_email  # one of them is set (checked at load)
+    return EmailBackend(
+        SmtpConfig(
+            host=hd.host,
+            port=hd.smtp_port,
+            sender=sender,
+            recipients=tuple(hd.to),
+            tls=hd.tls,
+            username=hd.username,
+            password=_secret(hd.password, "helpdesk.password"),
+            ca_file=hd.ca_file,
+            timeout=hd.timeout,
+            max_attachment_bytes=hd.max_attachment_bytes,
+            oversize=hd.oversize,
+        )
+    )
+
+
+def http_backend(settings: Settings) -> HttpBackend:
+    from uploader.http import META_FIELDS, HttpBackend, HttpConfig
+
+    hd = settings.helpdesk
+    assert isinstance(hd, HttpHelpdesk)
+    names = hd.fields.model_dump()
+    return HttpBackend(
+        HttpConfig(
+            url=hd.url,
+            file_field=hd.fields.file,
+            fields={f: names[f] for f in META_FIELDS},
+            extra_fields=dict(hd.extra_fields),
+            auth_header=hd.auth_header,
+            auth_value=_secret(hd.auth_value, "helpdesk.auth_value"),
+            success_codes=frozenset(hd.success_codes),
+            response_ticket_field=hd.response_ticket_field,
+            ca_file=hd.ca_file,
+            connect_timeout=hd.connect_timeout,
+            timeout=hd.timeout,
+        )
+    )
 
 
 def check_room(box: Outbox) -> None:

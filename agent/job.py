@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.attachments import Attachment, check_attachments, manifest_entries, stage_attachments
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
 from agent.delivery import check_room, make_backend, make_outbox
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
@@ -32,7 +33,7 @@ from agent.keys import SigningKey, home, load_identity, load_signing_key
 from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
 from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
-from collectors.base import sha256_file
+from collectors.base import Artifact, sha256_file
 from uploader.base import Backend, DeliveryMeta
 from uploader.outbox import Attempt, OutboxFull
 
@@ -68,6 +69,9 @@ class JobRequest:
     trigger: str = "cli"
     requested_by: str = ""
     output: Path | None = None
+    subject: str = ""  # for a new ticket (collect --subject)
+    description: str = ""  # for a new ticket (collect --description)
+    attachments: tuple[Path, ...] = ()  # files added to the bundle (collect --attach)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Prepared:
     signing_key: SigningKey
     scrubber: Scrubber
     backend: Backend | None = None  # None with --output
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -146,10 +151,11 @@ def _secret_literals(settings: Settings) -> list[str]:
             if ref is not None:
                 with contextlib.suppress(ConfigError):  # the step using it reports it
                     values.append(ref.resolve())
-    api_key = getattr(settings.helpdesk, "api_key", None)
-    if isinstance(api_key, SecretRef):
-        with contextlib.suppress(ConfigError):  # make_backend reports it
-            values.append(api_key.resolve())
+    for key in ("api_key", "password", "auth_value"):  # the HelpDesk backends' secrets
+        ref = getattr(settings.helpdesk, key, None)
+        if isinstance(ref, SecretRef):
+            with contextlib.suppress(ConfigError):  # building the backend reports it
+                values.append(ref.resolve())
     return values
 
 
@@ -171,6 +177,7 @@ def prepare(
     ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
     """
     settings = loaded.settings
+    attachments = check_attachments(request.attachments)
     kb = kb or load_context(loaded)
     if plan is None:
         devices = select_devices(settings, list(request.devices), request.types)
@@ -204,6 +211,7 @@ def prepare(
         signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
         backend=backend,
+        attachments=attachments,
     )
 
 
@@ -277,11 +285,16 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
         started = utcnow()
         results = runner.run()
         finished = utcnow()
-        rep.phase("scrub", sum(len(r.artifacts) for r in results))
-        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep)
+        attached, attach_errors = stage_attachments(staging.path, prep.attachments)
+        rep.phase("scrub", sum(len(r.artifacts) for r in results) + len(attached))
+        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep, attached)
         manifest = build_manifest(
             prep, job_id, bundle_id, created, started, finished, results, runner.interrupted
         )
+        manifest["attachments"] = manifest_entries(prep.attachments, attached, attach_errors)
+        subject = _scrubbed(prep.scrubber, prep.request.subject)
+        description = _scrubbed(prep.scrubber, prep.request.description)
+        manifest["job"].update(subject=subject, description=description)
         name = bundle_name(settings, prep.plan, created, bundle_id)
         result = JobResult(
             job_id,
@@ -293,6 +306,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             counts=counts,
         )
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
+        total += sum(a.size for a in attached)
         rep.phase("pack", total)
         out = prep.request.output
         outbox = None if out is not None else make_outbox(settings, prep.home)
@@ -328,6 +342,8 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             profile=prep.plan.profile,
             summary=summary_text(manifest),
             created=created.isoformat(),
+            subject=subject,
+            description=description,
         )
         try:
             item = outbox.put(tmp, meta)
@@ -362,11 +378,15 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
 
 
 def scrub_and_hash(
-    scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
+    scrubber: Scrubber,
+    staging: Path,
+    results: list[StepResult],
+    rep: Reporter,
+    extra: list[Artifact] | None = None,
 ) -> dict[str, int]:
-    """Scrub every artifact not scrubbed on its way in; record sha256, size, scrub counts."""
+    """Scrub what was not scrubbed on its way in (and ``extra`` files); record digests."""
     totals: Counter[str] = Counter()
-    arts = [a for res in results for a in res.artifacts]
+    arts = [a for res in results for a in res.artifacts] + list(extra or ())
     todo = []
     for art in arts:
         if art.scrubbed_on_write or (art.binary and art.written_sha256):
@@ -475,6 +495,10 @@ def build_manifest(
         "summary": {"steps": len(results), **dict(sorted(statuses.items()))},
         "signer": prep.signing_key.fingerprint(),
     }
+
+
+def _scrubbed(scrubber: Scrubber, text: str) -> str:
+    return scrubber.scrub_bytes(text.encode()).decode(errors="replace") if text else ""
 
 
 def summary_text(manifest: dict[str, Any]) -> str:

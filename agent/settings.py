@@ -139,6 +139,115 @@ class Vendor(Model):
         return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
+def _check_address(value: str) -> str:
+    if not re.fullmatch(_EMAIL_RE, value):
+        raise ValueError(f"expected an e-mail address like support@vendor.example, got {value!r}")
+    return value
+
+
+class EmailHelpdesk(Model):
+    """SMTP delivery from the site's registered address to the vendor's support address."""
+
+    backend: Literal["email"]
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)  # default: 587 starttls, 465 tls, 25 none
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    from_: Annotated[str, AfterValidator(_check_address)] | None = Field(None, alias="from")
+    to: list[Annotated[str, AfterValidator(_check_address)]] = Field(min_length=1)
+    max_attachment_bytes: Size = 10 * 1000**2
+    oversize: Literal["split", "refuse"] = "split"
+    timeout: Duration = 60.0
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _auth(self) -> EmailHelpdesk:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both username and password (a secret reference), or neither")
+        if self.tls == "none" and self.password is not None and not _is_loopback(self.host):
+            raise ValueError(
+                f'tls = "none" would send the SMTP password in clear text to {self.host}: '
+                'use tls = "starttls" or "tls", or a relay on 127.0.0.1'
+            )
+        return self
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.tls]
+
+
+class HttpFields(Model):
+    """Form field names the HelpDesk endpoint expects; an empty name leaves the field out."""
+
+    file: str = Field("file", min_length=1)
+    bundle_id: str = "bundle_id"
+    name: str = "name"
+    sha256: str = "sha256"
+    ticket: str = "ticket"
+    company: str = "company"
+    contract: str = "contract"
+    contact_email: str = "contact_email"
+    subject: str = "subject"
+    description: str = "description"
+    summary: str = "summary"
+
+
+class HttpHelpdesk(Model):
+    """A generic HelpDesk endpoint: one multipart/form-data POST per bundle."""
+
+    backend: Literal["http"]
+    url: str
+    fields: HttpFields = HttpFields()
+    extra_fields: dict[str, str] = {}
+    auth_header: str = "Authorization"
+    auth_value: SecretRef | None = None
+    success_codes: list[Annotated[int, Field(ge=200, le=599)]] = [200, 201, 202, 204]
+    response_ticket_field: str | None = None
+    ca_file: Path | None = None
+    connect_timeout: Duration = 15.0
+    timeout: Duration = 300.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _clear_text(self) -> HttpHelpdesk:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.url).hostname or ""
+        if self.url.startswith("http:") and self.auth_value is not None and not _is_loopback(host):
+            raise ValueError(
+                f"an http:// URL would send the {self.auth_header} secret in clear text to "
+                f"{host}: use https://"
+            )
+        return self
+
+
 class DirectoryHelpdesk(Model):
     """Air-gapped delivery: bundles are copied into ``path`` (default: the local outbox)."""
 
@@ -176,7 +285,10 @@ class RedmineHelpdesk(Model):
 
 
 # The [helpdesk] table: one model per backend, chosen by ``backend``.
-Helpdesk = Annotated[DirectoryHelpdesk | RedmineHelpdesk, Field(discriminator="backend")]
+Helpdesk = Annotated[
+    DirectoryHelpdesk | RedmineHelpdesk | EmailHelpdesk | HttpHelpdesk,
+    Field(discriminator="backend"),
+]
 
 
 def _helpdesk_backends() -> list[str]:
@@ -325,6 +437,16 @@ class Settings(Model):
                 seen_chain.add(cur.name)
                 cur = cur.jump_device
         return devices
+
+    @model_validator(mode="after")
+    def _registered_sender(self) -> Settings:
+        hd = self.helpdesk
+        if isinstance(hd, EmailHelpdesk) and not (hd.from_ or self.site.contact_email):
+            raise ValueError(
+                "helpdesk: the email backend sends from the site's registered address (the "
+                "vendor accepts mail only from it): set [site] contact_email or [helpdesk] from"
+            )
+        return self
 
     def inventory(self) -> list[Device]:
         """The configured devices; with none, the implied device ``local`` (this host)."""

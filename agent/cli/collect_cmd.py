@@ -44,6 +44,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-p", "--profile", help="KB profile (problem type); default: 'default'")
     p.add_argument("-t", "--ticket", help="HelpDesk ticket the bundle belongs to")
+    p.add_argument(
+        "--subject", default="", help="subject of the new ticket (when there is no --ticket)"
+    )
+    p.add_argument("--description", default="", help="what the problem is, for the new ticket")
+    p.add_argument(
+        "--attach",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="add files (screenshots, notes) to the bundle under attachments/",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
     p.add_argument(
         "-o",
@@ -152,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         ticket=args.ticket,
         output=Path(args.output) if args.output else None,
+        subject=args.subject,
+        description=args.description,
+        attachments=tuple(Path(a) for a in args.attach),
     )
     prep = prepare(loaded, request)
     if args.dry_run:
@@ -253,7 +268,9 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
         url = f" {result.ticket_url}" if result.ticket_url else ""
         print(f"ticket: #{result.ticket}{url}")
     if d is not None and d.receipt is not None and d.receipt.backend != "directory":
-        print(f"delivery: attached to ticket #{d.receipt.ticket}: {d.receipt.location}")
+        rc = d.receipt
+        where = f"attached to ticket #{rc.ticket}" if rc.ticket else f"delivered by {rc.backend}"
+        print(f"delivery: {where}: {rc.location}")
         print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")
         return
     if d is not None and d.outcome == "parked":
