@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_example_redmine_keys_validate_when_uncommented() -> None:
     text = (REPO / "config" / "fieldtrace.example.toml").read_text()
-    block = text[text.index('# backend = "redmine"') : text.index("[outbox]")]
+    block = text[text.index('# backend = "redmine"') : text.index('# --- backend = "email"')]
     keys = [m.group(1) for m in re.finditer(r"^# (\w+ = .*?)(?:\s{2,}#.*)?$", block, re.M)]
     body = "\n".join(k for k in keys if not k.startswith("backend"))
     data = tomllib.loads(f'[helpdesk]\nbackend = "redmine"\n{body}\n')
