@@ -204,8 +204,7 @@ class SshSession:
         stop_at: float | None = None
         signals = [stop_signal, "KILL"]
         try:
-            chan.settimeout(self.timeout)
-            chan.exec_command(command)
+            self._request(chan, "exec", command)
             chan.settimeout(0.0)
             fd = chan.fileno()
             while True:
@@ -273,6 +272,33 @@ class SshSession:
         t = self.client.get_transport()
         return t is not None and t.is_active()
 
+    def _request(self, chan: paramiko.Channel, kind: str, *fields: str | int | bytes) -> None:
+        """A channel request (exec, subsystem, shell, pty-req) that waits for the device's
+        answer at most ``self.timeout`` (paramiko's own methods wait forever)."""
+        import paramiko
+        from paramiko.common import cMSG_CHANNEL_REQUEST
+
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string(kind)
+        m.add_boolean(True)
+        for f in fields:
+            if isinstance(f, int):
+                m.add_int(f)
+            else:
+                m.add_string(f)
+        chan._event_pending()  # type: ignore[attr-defined]
+        self._transport()._send_user_message(m)  # type: ignore[attr-defined]
+        if not chan.event.wait(self.timeout):
+            raise StepFailed(
+                f"{self.device_name}: no answer to the SSH {kind} request within {self.timeout:g}s"
+            )
+        if not chan.event_ready:
+            if not self._transport_alive():
+                raise SessionLost(f"{self.device_name}: the SSH connection was lost")
+            raise StepFailed(f"{self.device_name}: the device refused the SSH {kind} request")
+
     @staticmethod
     def _signal(chan: paramiko.Channel, name: str) -> None:
         """Send an SSH ``signal`` channel request (RFC 4254 6.9); best effort."""
@@ -297,8 +323,8 @@ class SshSession:
         chan = self._channel()
         try:
             chan.settimeout(timeout)
-            chan.get_pty(term="vt100", width=width, height=height)
-            chan.invoke_shell()
+            self._request(chan, "pty-req", "vt100", width, height, 0, 0, b"")
+            self._request(chan, "shell")
         except Exception:
             chan.close()
             raise
@@ -318,7 +344,7 @@ class SshSession:
                     window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
                 )
                 chan.settimeout(max(self.timeout, 5.0))
-                chan.invoke_subsystem("sftp")
+                self._request(chan, "subsystem", "sftp")
                 self._sftp = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise SessionLost(
@@ -475,6 +501,16 @@ def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
     return mode is not None and stat.S_ISDIR(mode)
 
 
+def _connection_lost(exc: BaseException, sftp: paramiko.SFTPClient) -> bool:
+    """Whether an SFTP error means the connection (not just this file) is gone."""
+    import paramiko
+
+    if isinstance(exc, TimeoutError | EOFError | paramiko.SSHException):
+        return True
+    channel = sftp.get_channel()
+    return channel is None or channel.closed
+
+
 class SshFile(Collector):
     """Fetch files (remote globs) over SFTP, each capped, optionally the tail, by mtime."""
 
@@ -525,9 +561,11 @@ class SshFile(Collector):
                 try:
                     self._fetch(ctx, sftp, path, size, out, options.tail)
                     copied.append(path)
-                except OSError as exc:  # IOError from SFTP status: permission, vanished ...
-                    errors.append(f"{path}: {exc.strerror or exc}")
-                except (TimeoutError, paramiko.SSHException, EOFError) as exc:
+                except (OSError, paramiko.SSHException, EOFError) as exc:
+                    if not _connection_lost(exc, sftp):  # permission denied, vanished ...
+                        errors.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+                        total += out.artifact.size
+                        continue
                     out.artifact.truncated = True
                     lost = str(exc) or type(exc).__name__
                     errors.append(
@@ -624,17 +662,20 @@ def sftp_read(
     length: int,
     write: Callable[[bytes], object],
     check: Callable[[], None],
-    request: int = 128 * 1024,
+    request_size: int = 128 * 1024,
     window: int = 64,
 ) -> int:
     """Read ``length`` bytes from ``start`` of an open remote file with up to ``window``
     read requests in flight, handing data to ``write`` in order; returns bytes read.
 
     paramiko's own ``prefetch`` keeps the whole rest of the file in memory and can stall
-    (see TESTBED.md), so this keeps a bounded window of requests (``window * request``
-    bytes) using SFTPClient's request/response primitives. A dropped connection raises
-    ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the channel's timeout).
+    (see TESTBED.md), so this keeps a bounded window of requests (``window * request_size``
+    bytes) using SFTPClient's request/response primitives. When sending fails (the
+    connection is going down), the answers already in flight are still written. A dropped
+    connection raises ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the
+    channel's timeout).
     """
+    import paramiko
     from paramiko.sftp import CMD_READ, int64
 
     replies = _Responses(sftp)
@@ -646,11 +687,25 @@ def sftp_read(
     offset = start
     got = 0
     eof = False
-    while pending or (offset < end and not eof):
-        while not eof and len(pending) < window and offset < end:
-            n = min(request, end - offset)
-            pending.append((ask(replies, CMD_READ, handle, int64(offset), n), offset, n))
-            offset += n
+    broken: BaseException | None = None  # sending failed: drain what is in flight, then raise
+
+    def request(at: int, n: int) -> tuple[int, int, int] | None:
+        nonlocal broken
+        if broken is None:
+            try:
+                return ask(replies, CMD_READ, handle, int64(at), n), at, n
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                broken = exc
+        return None
+
+    while pending or (offset < end and not eof and broken is None):
+        while not eof and broken is None and len(pending) < window and offset < end:
+            n = min(request_size, end - offset)
+            if (req := request(offset, n)) is not None:
+                pending.append(req)
+                offset += n
+        if not pending:
+            break
         num, at, n = pending.popleft()
         while num not in replies.done:
             wait()
@@ -666,8 +721,12 @@ def sftp_read(
         write(data)
         got += len(data)
         if len(data) < n:  # a short read: ask for the rest before anything else
-            rest = (at + len(data), n - len(data))
-            pending.appendleft((ask(replies, CMD_READ, handle, int64(rest[0]), rest[1]), *rest))
+            if (req := request(at + len(data), n - len(data))) is not None:
+                pending.appendleft(req)
+            else:
+                break
+    if broken is not None:
+        raise paramiko.SSHException(f"connection lost: {broken}")
     return got
 
 
