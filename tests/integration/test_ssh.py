@@ -80,14 +80,22 @@ class Ran:
 
 
 def run(
-    collector: Collector, session: SshSession, tmp: Path, deadline: float = 60, **options: Any
+    collector: Collector,
+    session: SshSession,
+    tmp: Path,
+    deadline: float = 60,
+    cancel_after: float | None = None,
+    **options: Any,
 ) -> Ran:
     root = tmp / f"stage-{time.monotonic_ns()}"
     sink = ArtifactSink(root, "gw1/step")
+    cancel = threading.Event()
+    if cancel_after is not None:  # as the runner does on Ctrl-C
+        threading.Timer(cancel_after, cancel.set).start()
     ctx = StepContext(
         sink=sink,
         deadline=time.monotonic() + deadline,
-        cancel=threading.Event(),
+        cancel=cancel,
         opener=lambda kind: session,
     )
     t0 = time.monotonic()
@@ -474,6 +482,25 @@ def test_capture_stops_at_each_cap_with_a_valid_pcap(
         ["ps", "-C", "tcpdump", "-o", "args="], capture_output=True, text=True
     ).stdout
     assert flt not in left  # every remote tcpdump was stopped
+
+
+def test_capture_interrupted_keeps_the_packets_so_far(
+    root_session: SshSession, tmp_path: Path
+) -> None:
+    with Traffic() as traffic:
+        r = run(
+            SshCapture(),
+            root_session,
+            tmp_path,
+            cancel_after=1.0,
+            interface="lo",
+            filter=f"udp port {traffic.port}",
+            duration="60s",
+        )
+    assert isinstance(r.error, StepPartial) and "interrupted" in str(r.error)
+    assert r.facts["stop_reason"] == "cancelled" and r.facts["packets"] > 0
+    assert read_pcap(r.file("capture.pcap")) == r.facts["packets"]
+    assert r.seconds < 6
 
 
 def test_capture_reports_no_permission_and_no_tcpdump(
