@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.errors import ConfigError
 from agent.settings import Device, Settings
 from agent.ssh_session import fingerprint, open_ssh
 from collectors.base import (
@@ -301,6 +302,27 @@ def test_password_login_and_jump_host(sshd: Sshd, sshd_user: Sshd, tmp_path: Pat
     assert "bastion" in sshd_user.log.read_text() or True  # connection comes from 127.0.0.1
     log = sshd.log.read_text()
     assert "direct-tcpip" in log or "Accepted publickey for root" in log
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ed25519-encrypted"])
+def test_key_types_and_an_encrypted_key(sshd_user: Sshd, tmp_path: Path, kind: str) -> None:
+    key = tmp_path / "id"
+    argv = ["ssh-keygen", "-q", "-t", kind.split("-")[0], "-f", str(key)]
+    argv += ["-N", "s3cret-phrase" if kind.endswith("encrypted") else ""]
+    subprocess.run(argv, check=True)
+    auth = sshd_user.workdir / "authorized_keys"
+    auth.write_text(auth.read_text() + key.with_suffix(".pub").read_text())
+    extra: dict[str, Any] = {"key": {"file": str(key)}}
+    if kind.endswith("encrypted"):
+        with pytest.raises(ConfigError, match="key_passphrase"):  # DeviceSessions: StepFailed
+            open_ssh(device(sshd_user, **extra), trusting_home(tmp_path, sshd_user))
+        (tmp_path / "phrase").write_text("s3cret-phrase\n")
+        extra["key_passphrase"] = {"file": str(tmp_path / "phrase")}
+    s = open_ssh(device(sshd_user, **extra), trusting_home(tmp_path, sshd_user))
+    try:
+        assert s.run("id -un", timeout=10).stdout.decode().strip() == sshd_user.user
+    finally:
+        s.close()
 
 
 def test_unreachable_port_and_silent_server_fail_fast(sshd: Sshd, tmp_path: Path) -> None:
