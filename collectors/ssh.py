@@ -567,7 +567,11 @@ class SshFile(Collector):
                         total += out.artifact.size
                         continue
                     out.artifact.truncated = True
-                    lost = str(exc) or type(exc).__name__
+                    lost = (
+                        f"no data from the device for {session.timeout:g}s or more"
+                        if isinstance(exc, TimeoutError)
+                        else str(exc) or type(exc).__name__
+                    )
                     errors.append(
                         f"{path}: connection lost after {out.artifact.size} bytes ({lost}); "
                         "the part fetched is kept"
@@ -595,7 +599,10 @@ class SshFile(Collector):
     ) -> None:
         cap = out.max_bytes
         skip = size - cap if tail and size > cap else 0
-        with sftp.open(path, "rb") as fh:
+        import paramiko
+
+        fh = sftp.open(path, "rb")
+        try:
             if not size:  # /proc-like files report size 0: plain reads up to EOF or the cap
                 while not out.full and (chunk := fh.read(min(CHUNK, cap - out.artifact.size))):
                     ctx.check()
@@ -610,6 +617,16 @@ class SshFile(Collector):
             sftp_read(sftp, fh, skip, min(size - skip, cap), write, ctx.check)
             if size - skip > cap:
                 out.artifact.truncated = True
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if _connection_lost(exc, sftp):
+                # a dead link: close the channel so closing the file does not wait for an
+                # answer that will never come (the session opens a new SFTP channel)
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.close()
+            raise
+        finally:
+            fh.close()
 
 
 def _from_next_line(write: Callable[[bytes], int]) -> Callable[[bytes], int]:

@@ -423,6 +423,29 @@ def test_sftp_session_dropped_mid_file_keeps_what_was_fetched(sshd: Sshd, tmp_pa
     assert big.read_bytes()[: len(kept)] == kept  # what was kept is exactly the file's start
 
 
+def test_sftp_on_a_link_that_goes_silent_fails_by_its_timeout(sshd: Sshd, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    with CuttingProxy(sshd.port, cut_after=3 * 1024 * 1024, stall=True) as proxy:
+        home = trusting_home(tmp_path, sshd)
+        (home / "known_hosts").write_text(sshd.known_hosts_line(proxy.port) + "\n")
+        session = open_ssh(device(sshd, port=proxy.port, timeout="2s"), home)
+        try:
+            r = run(SshFile(), session, tmp_path, path=str(big), max_bytes="64MB")
+            assert proxy.cut_count == 1
+            assert isinstance(r.error, StepError) and "connection lost" in str(r.error)
+            assert r.seconds < 15  # the SFTP channel's timeout, not a hang
+            kept = r.file("files/" + str(big).lstrip("/")).read_bytes()
+            assert big.read_bytes()[: len(kept)] == kept
+            # the next step on the dead link fails fast too
+            t0 = time.monotonic()
+            r = run(SshCommand(), session, tmp_path, command="true", timeout="3s")
+            assert isinstance(r.error, StepError)
+            assert time.monotonic() - t0 < 15
+        finally:
+            session.close()
+
+
 # --- capture --------------------------------------------------------------------------------
 
 
