@@ -359,6 +359,15 @@ class SshSession:
             self._close_quietly()
 
 
+_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_+@=-][A-Za-z0-9._+@=-]{0,99}$")
+
+
+def _output_name(value: str | None) -> str | None:
+    if value is not None and not _OUTPUT_NAME.match(value):
+        raise ValueError(f"expected a file name like 'version.txt' (no '/'), got {value!r}")
+    return value
+
+
 def _session(ctx: StepContext) -> SshSession:
     session = ctx.session("ssh")
     if not isinstance(session, SshSession):  # pragma: no cover - wiring error
@@ -388,6 +397,8 @@ class SshCommandOptions(Options):
         if not value.strip():
             raise ValueError("command is empty")
         return value
+
+    _output = field_validator("output")(lambda v: _output_name(v))
 
 
 class SshCommand(Collector):
@@ -759,6 +770,8 @@ class SshCaptureOptions(Options):
     snaplen: int = Field(262144, ge=64, le=262144)
     sudo: bool = False
     output: str = "capture.pcap"
+
+    _output = field_validator("output")(lambda v: _output_name(v))
 
 
 _PCAP_MAGIC = {

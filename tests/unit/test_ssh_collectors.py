@@ -30,6 +30,8 @@ def _kb(step: str) -> None:
         ("{id: t, collector: ssh.capture, interface: 'eth0; reboot'}", "steps[0].interface"),
         ("{id: t, collector: ssh.capture, duration: ninety}", "steps[0].duration"),
         ("{id: t, collector: ssh.capture, max_packets: 0}", "steps[0].max_packets"),
+        ("{id: c, collector: ssh.command, command: x, output: ../x}", "steps[0].output"),
+        ("{id: t, collector: ssh.capture, output: a/b.pcap}", "steps[0].output"),
     ],
 )
 def test_bad_ssh_options_are_refused_when_the_kb_loads(step: str, expect: str) -> None:
