@@ -256,6 +256,14 @@ class SshSession:
             raise StepFailed(
                 f"{self.device_name}: the device did not start the command within {self.timeout:g}s"
             ) from exc
+        except BaseException:
+            # e.g. SinkClosed: the step's deadline passed while we wrote; stop the command
+            if stop_at is None and not chan.closed and not chan.eof_received:
+                self._signal(chan, stop_signal)
+                if on_stop is not None:
+                    with contextlib.suppress(Exception):
+                        on_stop(bytes(stderr))
+            raise
         finally:
             chan.close()
         return StreamResult(
