@@ -5,7 +5,10 @@ from __future__ import annotations
 from collectors.base import Collector
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.pcap import PcapCapture
+from collectors.snmp import SnmpGet, SnmpWalk
 from collectors.ssh import SshCapture, SshCommand, SshFile
+from collectors.ssh_shell import SshShell
 
 _COLLECTORS: dict[str, Collector] = {
     c.name: c
@@ -16,6 +19,10 @@ _COLLECTORS: dict[str, Collector] = {
         SshCommand(),
         SshFile(),
         SshCapture(),
+        SnmpGet(),
+        SnmpWalk(),
+        PcapCapture(),
+        SshShell(),
     )
 }
 

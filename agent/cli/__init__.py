@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.cli import (
     bundle_cmd,
+    capture_cmd,
     collect_cmd,
     config_cmd,
     devices_cmd,
@@ -49,7 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in (collect_cmd, kb_cmd, config_cmd, bundle_cmd, keys_cmd, outbox_cmd, devices_cmd):
+    for mod in (
+        collect_cmd,
+        capture_cmd,
+        kb_cmd,
+        config_cmd,
+        bundle_cmd,
+        keys_cmd,
+        outbox_cmd,
+        devices_cmd,
+    ):
         mod.register(sub)
     return p
 
