@@ -15,7 +15,7 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.settings import Device, Settings
-from agent.ssh_session import fingerprint, open_ssh
+from agent.ssh_session import fetch_host_key, fingerprint, open_ssh
 from collectors.base import (
     ArtifactSink,
     Collector,
@@ -294,14 +294,24 @@ def test_password_login_and_jump_host(sshd: Sshd, sshd_user: Sshd, tmp_path: Pat
             ]
         }
     )
+    logins = sshd.log.read_text().count("Accepted publickey for root")
     s = open_ssh(settings.devices[1], home)
     try:
-        assert s.run("id -un", timeout=10).stdout.decode().strip() == sshd_user.user
+        out = s.run("id -un; echo $SSH_CONNECTION", timeout=10).stdout.decode().split()
+        assert out[0] == sshd_user.user
+        # the inner sshd sees a client socket that belongs to the bastion's sshd, not to us
+        owner = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"sport = :{out[2]}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert '"sshd"' in owner and "python" not in owner, owner
     finally:
         s.close()
-    assert "bastion" in sshd_user.log.read_text() or True  # connection comes from 127.0.0.1
-    log = sshd.log.read_text()
-    assert "direct-tcpip" in log or "Accepted publickey for root" in log
+    assert sshd.log.read_text().count("Accepted publickey for root") == logins + 1
+    # the host key of a device behind a jump is fetched through the jump too
+    key = fetch_host_key(settings.devices[1], home)
+    assert sshd_user.host_key_line == f"{key.get_name()} {key.get_base64()}"
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ed25519-encrypted"])
@@ -523,6 +533,11 @@ def test_capture_stops_at_each_cap_with_a_valid_pcap(
         size = r.file("capture.pcap").stat().st_size
         assert size == r.facts["bytes"] <= 20_000
         assert read_pcap(r.file("capture.pcap")) == r.facts["packets"] > 0
+
+        # the default interface "any" (a cooked-mode link type) reads back as well
+        r = run(SshCapture(), root_session, tmp_path, filter=flt, max_packets=5)
+        assert r.error is None and r.facts["interface"] == "any", r.error
+        assert read_pcap(r.file("capture.pcap")) == 5
     left = subprocess.run(
         ["ps", "-C", "tcpdump", "-o", "args="], capture_output=True, text=True
     ).stdout
