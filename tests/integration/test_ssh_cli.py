@@ -156,6 +156,7 @@ def test_collect_over_ssh_records_each_failure_and_leaks_no_secret(
     traffic.stop.set()
     assert proc.returncode == 1, proc.stderr
     assert elapsed < 60
+    assert "Traceback" not in proc.stderr  # failures are step messages, not library noise
     data = json.loads(proc.stdout)
     top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
     m = manifest_of(top)
