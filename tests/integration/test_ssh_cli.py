@@ -161,6 +161,9 @@ def test_collect_over_ssh_records_each_failure_and_leaks_no_secret(
     top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
     m = manifest_of(top)
     st = {(s["device"], s["id"]): s for s in m["steps"]}
+    for s in m["steps"]:  # shown by pytest if an assertion below fails
+        print(f"{s['device']}/{s['id']}: {s['status']} {s['seconds']}s {s['error'] or ''}")
+    print(proc.stderr)
 
     def status(dev: str, step: str) -> str:
         return str(st[(dev, step)]["status"])
