@@ -352,10 +352,17 @@ class SshSession:
                     window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
                 )
                 chan.settimeout(max(self.timeout, 5.0))
-                self._request(chan, "subsystem", "sftp")
-                self._sftp = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise SessionLost(
+                    f"{self.device_name}: cannot open an SSH channel for SFTP: "
+                    f"{exc or type(exc).__name__}"
+                ) from exc
+            try:
+                self._request(chan, "subsystem", "sftp")
+                self._sftp = paramiko.SFTPClient(chan)
+            except (StepFailed, paramiko.SSHException, OSError, EOFError) as exc:
+                chan.close()
+                raise StepFailed(
                     f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
                     "(is the sftp subsystem enabled on the device?)"
                 ) from exc

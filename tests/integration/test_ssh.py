@@ -403,6 +403,18 @@ def test_sftp_fetch_glob_with_caps_tail_and_since(
     assert (r.root / "gw1/step/files" / str(remote_files / "old.log").lstrip("/")).exists()
 
 
+def test_sftp_refused_by_the_device(tmp_path: Path) -> None:
+    with running_sshd(sftp=False) as server:
+        s = open_ssh(device(server), trusting_home(tmp_path, server))
+        try:
+            r = run(SshFile(), s, tmp_path, path="/etc/hostname")
+            assert isinstance(r.error, StepFailed)
+            assert "cannot start SFTP" in str(r.error) and "subsystem" in str(r.error)
+            assert s.run("echo still-usable", timeout=10).stdout == b"still-usable\n"
+        finally:
+            s.close()
+
+
 def test_sftp_missing_files(root_session: SshSession, tmp_path: Path) -> None:
     r = run(SshFile(), root_session, tmp_path, path="/nonexistent-dir/*.log")
     assert isinstance(r.error, StepFailed) and "no file matches" in str(r.error)
