@@ -144,6 +144,7 @@ def _secret_literals(settings: Settings) -> list[str]:
     for dev in settings.devices:
         for ref in (
             dev.ssh.password if dev.ssh else None,
+            dev.ssh.key_passphrase if dev.ssh else None,
             dev.snmp.community if dev.snmp else None,
             dev.snmp.auth_key if dev.snmp else None,
             dev.snmp.priv_key if dev.snmp else None,

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     import paramiko
 
 log = logging.getLogger(__name__)
+# paramiko logs every failed handshake with a traceback at ERROR; the step's own message says
+# what happened, so keep paramiko's internals out of the user's terminal and log file
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 KNOWN_HOSTS = "known_hosts"
 
 
@@ -297,8 +300,11 @@ def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]
         if via:
             via.close()
         text = str(exc) or type(exc).__name__
+        low = text.lower()
         slow = ("timeout", "timed out", "banner", "no existing session", "negotiation failed")
-        if isinstance(exc, TimeoutError) or any(w in text.lower() for w in slow):
+        if isinstance(exc, TimeoutError) or any(w in low for w in slow):
+            if "banner" in low or "no existing session" in low:
+                text = "no SSH banner"
             raise StepFailed(
                 f"{device.name}: SSH handshake with {where} did not complete within {timeout:g}s "
                 f"({text}); is it an SSH server, and is the device overloaded?"

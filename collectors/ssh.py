@@ -204,8 +204,7 @@ class SshSession:
         stop_at: float | None = None
         signals = [stop_signal, "KILL"]
         try:
-            chan.settimeout(self.timeout)
-            chan.exec_command(command)
+            self._request(chan, "exec", command)
             chan.settimeout(0.0)
             fd = chan.fileno()
             while True:
@@ -257,6 +256,14 @@ class SshSession:
             raise StepFailed(
                 f"{self.device_name}: the device did not start the command within {self.timeout:g}s"
             ) from exc
+        except BaseException:
+            # e.g. SinkClosed: the step's deadline passed while we wrote; stop the command
+            if stop_at is None and not chan.closed and not chan.eof_received:
+                self._signal(chan, stop_signal)
+                if on_stop is not None:
+                    with contextlib.suppress(Exception):
+                        on_stop(bytes(stderr))
+            raise
         finally:
             chan.close()
         return StreamResult(
@@ -272,6 +279,33 @@ class SshSession:
     def _transport_alive(self) -> bool:
         t = self.client.get_transport()
         return t is not None and t.is_active()
+
+    def _request(self, chan: paramiko.Channel, kind: str, *fields: str | int | bytes) -> None:
+        """A channel request (exec, subsystem, shell, pty-req) that waits for the device's
+        answer at most ``self.timeout`` (paramiko's own methods wait forever)."""
+        import paramiko
+        from paramiko.common import cMSG_CHANNEL_REQUEST
+
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string(kind)
+        m.add_boolean(True)
+        for f in fields:
+            if isinstance(f, int):
+                m.add_int(f)
+            else:
+                m.add_string(f)
+        chan._event_pending()  # type: ignore[attr-defined]
+        self._transport()._send_user_message(m)  # type: ignore[attr-defined]
+        if not chan.event.wait(self.timeout):
+            raise StepFailed(
+                f"{self.device_name}: no answer to the SSH {kind} request within {self.timeout:g}s"
+            )
+        if not chan.event_ready:
+            if not self._transport_alive():
+                raise SessionLost(f"{self.device_name}: the SSH connection was lost")
+            raise StepFailed(f"{self.device_name}: the device refused the SSH {kind} request")
 
     @staticmethod
     def _signal(chan: paramiko.Channel, name: str) -> None:
@@ -297,8 +331,8 @@ class SshSession:
         chan = self._channel()
         try:
             chan.settimeout(timeout)
-            chan.get_pty(term="vt100", width=width, height=height)
-            chan.invoke_shell()
+            self._request(chan, "pty-req", "vt100", width, height, 0, 0, b"")
+            self._request(chan, "shell")
         except Exception:
             chan.close()
             raise
@@ -318,10 +352,17 @@ class SshSession:
                     window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
                 )
                 chan.settimeout(max(self.timeout, 5.0))
-                chan.invoke_subsystem("sftp")
-                self._sftp = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise SessionLost(
+                    f"{self.device_name}: cannot open an SSH channel for SFTP: "
+                    f"{exc or type(exc).__name__}"
+                ) from exc
+            try:
+                self._request(chan, "subsystem", "sftp")
+                self._sftp = paramiko.SFTPClient(chan)
+            except (StepFailed, paramiko.SSHException, OSError, EOFError) as exc:
+                chan.close()
+                raise StepFailed(
                     f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
                     "(is the sftp subsystem enabled on the device?)"
                 ) from exc
@@ -331,6 +372,15 @@ class SshSession:
         with self._lock:
             self._reopen = None
             self._close_quietly()
+
+
+_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_+@=-][A-Za-z0-9._+@=-]{0,99}$")
+
+
+def _output_name(value: str | None) -> str | None:
+    if value is not None and not _OUTPUT_NAME.match(value):
+        raise ValueError(f"expected a file name like 'version.txt' (no '/'), got {value!r}")
+    return value
 
 
 def _session(ctx: StepContext) -> SshSession:
@@ -362,6 +412,8 @@ class SshCommandOptions(Options):
         if not value.strip():
             raise ValueError("command is empty")
         return value
+
+    _output = field_validator("output")(lambda v: _output_name(v))
 
 
 class SshCommand(Collector):
@@ -475,6 +527,16 @@ def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
     return mode is not None and stat.S_ISDIR(mode)
 
 
+def _connection_lost(exc: BaseException, sftp: paramiko.SFTPClient) -> bool:
+    """Whether an SFTP error means the connection (not just this file) is gone."""
+    import paramiko
+
+    if isinstance(exc, TimeoutError | EOFError | paramiko.SSHException):
+        return True
+    channel = sftp.get_channel()
+    return channel is None or channel.closed
+
+
 class SshFile(Collector):
     """Fetch files (remote globs) over SFTP, each capped, optionally the tail, by mtime."""
 
@@ -525,11 +587,17 @@ class SshFile(Collector):
                 try:
                     self._fetch(ctx, sftp, path, size, out, options.tail)
                     copied.append(path)
-                except OSError as exc:  # IOError from SFTP status: permission, vanished ...
-                    errors.append(f"{path}: {exc.strerror or exc}")
-                except (TimeoutError, paramiko.SSHException, EOFError) as exc:
+                except (OSError, paramiko.SSHException, EOFError) as exc:
+                    if not _connection_lost(exc, sftp):  # permission denied, vanished ...
+                        errors.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+                        total += out.artifact.size
+                        continue
                     out.artifact.truncated = True
-                    lost = str(exc) or type(exc).__name__
+                    lost = (
+                        f"no data from the device for {session.timeout:g}s or more"
+                        if isinstance(exc, TimeoutError)
+                        else str(exc) or type(exc).__name__
+                    )
                     errors.append(
                         f"{path}: connection lost after {out.artifact.size} bytes ({lost}); "
                         "the part fetched is kept"
@@ -557,7 +625,10 @@ class SshFile(Collector):
     ) -> None:
         cap = out.max_bytes
         skip = size - cap if tail and size > cap else 0
-        with sftp.open(path, "rb") as fh:
+        import paramiko
+
+        fh = sftp.open(path, "rb")
+        try:
             if not size:  # /proc-like files report size 0: plain reads up to EOF or the cap
                 while not out.full and (chunk := fh.read(min(CHUNK, cap - out.artifact.size))):
                     ctx.check()
@@ -572,6 +643,16 @@ class SshFile(Collector):
             sftp_read(sftp, fh, skip, min(size - skip, cap), write, ctx.check)
             if size - skip > cap:
                 out.artifact.truncated = True
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if _connection_lost(exc, sftp):
+                # a dead link: close the channel so closing the file does not wait for an
+                # answer that will never come (the session opens a new SFTP channel)
+                channel = sftp.get_channel()
+                if channel is not None:
+                    channel.close()
+            raise
+        finally:
+            fh.close()
 
 
 def _from_next_line(write: Callable[[bytes], int]) -> Callable[[bytes], int]:
@@ -624,17 +705,20 @@ def sftp_read(
     length: int,
     write: Callable[[bytes], object],
     check: Callable[[], None],
-    request: int = 128 * 1024,
+    request_size: int = 128 * 1024,
     window: int = 64,
 ) -> int:
     """Read ``length`` bytes from ``start`` of an open remote file with up to ``window``
     read requests in flight, handing data to ``write`` in order; returns bytes read.
 
     paramiko's own ``prefetch`` keeps the whole rest of the file in memory and can stall
-    (see TESTBED.md), so this keeps a bounded window of requests (``window * request``
-    bytes) using SFTPClient's request/response primitives. A dropped connection raises
-    ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the channel's timeout).
+    (see TESTBED.md), so this keeps a bounded window of requests (``window * request_size``
+    bytes) using SFTPClient's request/response primitives. When sending fails (the
+    connection is going down), the answers already in flight are still written. A dropped
+    connection raises ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the
+    channel's timeout).
     """
+    import paramiko
     from paramiko.sftp import CMD_READ, int64
 
     replies = _Responses(sftp)
@@ -646,11 +730,25 @@ def sftp_read(
     offset = start
     got = 0
     eof = False
-    while pending or (offset < end and not eof):
-        while not eof and len(pending) < window and offset < end:
-            n = min(request, end - offset)
-            pending.append((ask(replies, CMD_READ, handle, int64(offset), n), offset, n))
-            offset += n
+    broken: BaseException | None = None  # sending failed: drain what is in flight, then raise
+
+    def request(at: int, n: int) -> tuple[int, int, int] | None:
+        nonlocal broken
+        if broken is None:
+            try:
+                return ask(replies, CMD_READ, handle, int64(at), n), at, n
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                broken = exc
+        return None
+
+    while pending or (offset < end and not eof and broken is None):
+        while not eof and broken is None and len(pending) < window and offset < end:
+            n = min(request_size, end - offset)
+            if (req := request(offset, n)) is not None:
+                pending.append(req)
+                offset += n
+        if not pending:
+            break
         num, at, n = pending.popleft()
         while num not in replies.done:
             wait()
@@ -666,8 +764,12 @@ def sftp_read(
         write(data)
         got += len(data)
         if len(data) < n:  # a short read: ask for the rest before anything else
-            rest = (at + len(data), n - len(data))
-            pending.appendleft((ask(replies, CMD_READ, handle, int64(rest[0]), rest[1]), *rest))
+            if (req := request(at + len(data), n - len(data))) is not None:
+                pending.appendleft(req)
+            else:
+                break
+    if broken is not None:
+        raise paramiko.SSHException(f"connection lost: {broken}")
     return got
 
 
@@ -683,6 +785,8 @@ class SshCaptureOptions(Options):
     snaplen: int = Field(262144, ge=64, le=262144)
     sudo: bool = False
     output: str = "capture.pcap"
+
+    _output = field_validator("output")(lambda v: _output_name(v))
 
 
 _PCAP_MAGIC = {

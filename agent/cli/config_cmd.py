@@ -83,7 +83,7 @@ def _refs(dev: Any) -> list[tuple[str, Any]]:
         obj = getattr(dev, section)
         if obj is None:
             continue
-        for field in ("key", "password", "community", "auth_key", "priv_key"):
+        for field in ("key", "key_passphrase", "password", "community", "auth_key", "priv_key"):
             ref = getattr(obj, field, None)
             if ref is not None:
                 out.append((f"{section}.{field}", ref))

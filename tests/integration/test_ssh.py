@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from agent.errors import ConfigError
 from agent.settings import Device, Settings
-from agent.ssh_session import fingerprint, open_ssh
+from agent.ssh_session import fetch_host_key, fingerprint, open_ssh
 from collectors.base import (
     ArtifactSink,
     Collector,
@@ -80,14 +81,22 @@ class Ran:
 
 
 def run(
-    collector: Collector, session: SshSession, tmp: Path, deadline: float = 60, **options: Any
+    collector: Collector,
+    session: SshSession,
+    tmp: Path,
+    deadline: float = 60,
+    cancel_after: float | None = None,
+    **options: Any,
 ) -> Ran:
     root = tmp / f"stage-{time.monotonic_ns()}"
     sink = ArtifactSink(root, "gw1/step")
+    cancel = threading.Event()
+    if cancel_after is not None:  # as the runner does on Ctrl-C
+        threading.Timer(cancel_after, cancel.set).start()
     ctx = StepContext(
         sink=sink,
         deadline=time.monotonic() + deadline,
-        cancel=threading.Event(),
+        cancel=cancel,
         opener=lambda kind: session,
     )
     t0 = time.monotonic()
@@ -285,14 +294,45 @@ def test_password_login_and_jump_host(sshd: Sshd, sshd_user: Sshd, tmp_path: Pat
             ]
         }
     )
+    logins = sshd.log.read_text().count("Accepted publickey for root")
     s = open_ssh(settings.devices[1], home)
+    try:
+        out = s.run("id -un; echo $SSH_CONNECTION", timeout=10).stdout.decode().split()
+        assert out[0] == sshd_user.user
+        # the inner sshd sees a client socket that belongs to the bastion's sshd, not to us
+        owner = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"sport = :{out[2]}"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert '"sshd"' in owner and "python" not in owner, owner
+    finally:
+        s.close()
+    assert sshd.log.read_text().count("Accepted publickey for root") == logins + 1
+    # the host key of a device behind a jump is fetched through the jump too
+    key = fetch_host_key(settings.devices[1], home)
+    assert sshd_user.host_key_line == f"{key.get_name()} {key.get_base64()}"
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ed25519-encrypted"])
+def test_key_types_and_an_encrypted_key(sshd_user: Sshd, tmp_path: Path, kind: str) -> None:
+    key = tmp_path / "id"
+    argv = ["ssh-keygen", "-q", "-t", kind.split("-")[0], "-f", str(key)]
+    argv += ["-N", "s3cret-phrase" if kind.endswith("encrypted") else ""]
+    subprocess.run(argv, check=True)
+    auth = sshd_user.workdir / "authorized_keys"
+    auth.write_text(auth.read_text() + key.with_suffix(".pub").read_text())
+    extra: dict[str, Any] = {"key": {"file": str(key)}}
+    if kind.endswith("encrypted"):
+        with pytest.raises(ConfigError, match="key_passphrase"):  # DeviceSessions: StepFailed
+            open_ssh(device(sshd_user, **extra), trusting_home(tmp_path, sshd_user))
+        (tmp_path / "phrase").write_text("s3cret-phrase\n")
+        extra["key_passphrase"] = {"file": str(tmp_path / "phrase")}
+    s = open_ssh(device(sshd_user, **extra), trusting_home(tmp_path, sshd_user))
     try:
         assert s.run("id -un", timeout=10).stdout.decode().strip() == sshd_user.user
     finally:
         s.close()
-    assert "bastion" in sshd_user.log.read_text() or True  # connection comes from 127.0.0.1
-    log = sshd.log.read_text()
-    assert "direct-tcpip" in log or "Accepted publickey for root" in log
 
 
 def test_unreachable_port_and_silent_server_fail_fast(sshd: Sshd, tmp_path: Path) -> None:
@@ -306,7 +346,7 @@ def test_unreachable_port_and_silent_server_fail_fast(sshd: Sshd, tmp_path: Path
         t0 = time.monotonic()
         with pytest.raises(StepFailed) as e:
             open_ssh(device(sshd, port=silent.getsockname()[1], timeout="1s"), home)
-        assert "within 1s" in str(e.value)
+        assert "within 1s (no SSH banner)" in str(e.value)
         assert time.monotonic() - t0 < 5
 
 
@@ -363,6 +403,18 @@ def test_sftp_fetch_glob_with_caps_tail_and_since(
     assert (r.root / "gw1/step/files" / str(remote_files / "old.log").lstrip("/")).exists()
 
 
+def test_sftp_refused_by_the_device(tmp_path: Path) -> None:
+    with running_sshd(sftp=False) as server:
+        s = open_ssh(device(server), trusting_home(tmp_path, server))
+        try:
+            r = run(SshFile(), s, tmp_path, path="/etc/hostname")
+            assert isinstance(r.error, StepFailed)
+            assert "cannot start SFTP" in str(r.error) and "subsystem" in str(r.error)
+            assert s.run("echo still-usable", timeout=10).stdout == b"still-usable\n"
+        finally:
+            s.close()
+
+
 def test_sftp_missing_files(root_session: SshSession, tmp_path: Path) -> None:
     r = run(SshFile(), root_session, tmp_path, path="/nonexistent-dir/*.log")
     assert isinstance(r.error, StepFailed) and "no file matches" in str(r.error)
@@ -391,6 +443,29 @@ def test_sftp_session_dropped_mid_file_keeps_what_was_fetched(sshd: Sshd, tmp_pa
     kept = part.read_bytes()
     assert 0 < len(kept) < big.stat().st_size
     assert big.read_bytes()[: len(kept)] == kept  # what was kept is exactly the file's start
+
+
+def test_sftp_on_a_link_that_goes_silent_fails_by_its_timeout(sshd: Sshd, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))
+    with CuttingProxy(sshd.port, cut_after=3 * 1024 * 1024, stall=True) as proxy:
+        home = trusting_home(tmp_path, sshd)
+        (home / "known_hosts").write_text(sshd.known_hosts_line(proxy.port) + "\n")
+        session = open_ssh(device(sshd, port=proxy.port, timeout="2s"), home)
+        try:
+            r = run(SshFile(), session, tmp_path, path=str(big), max_bytes="64MB")
+            assert proxy.cut_count == 1
+            assert isinstance(r.error, StepError) and "connection lost" in str(r.error)
+            assert r.seconds < 15  # the SFTP channel's timeout, not a hang
+            kept = r.file("files/" + str(big).lstrip("/")).read_bytes()
+            assert big.read_bytes()[: len(kept)] == kept
+            # the next step on the dead link fails fast too
+            t0 = time.monotonic()
+            r = run(SshCommand(), session, tmp_path, command="true", timeout="3s")
+            assert isinstance(r.error, StepError)
+            assert time.monotonic() - t0 < 15
+        finally:
+            session.close()
 
 
 # --- capture --------------------------------------------------------------------------------
@@ -470,10 +545,34 @@ def test_capture_stops_at_each_cap_with_a_valid_pcap(
         size = r.file("capture.pcap").stat().st_size
         assert size == r.facts["bytes"] <= 20_000
         assert read_pcap(r.file("capture.pcap")) == r.facts["packets"] > 0
+
+        # the default interface "any" (a cooked-mode link type) reads back as well
+        r = run(SshCapture(), root_session, tmp_path, filter=flt, max_packets=5)
+        assert r.error is None and r.facts["interface"] == "any", r.error
+        assert read_pcap(r.file("capture.pcap")) == 5
     left = subprocess.run(
         ["ps", "-C", "tcpdump", "-o", "args="], capture_output=True, text=True
     ).stdout
     assert flt not in left  # every remote tcpdump was stopped
+
+
+def test_capture_interrupted_keeps_the_packets_so_far(
+    root_session: SshSession, tmp_path: Path
+) -> None:
+    with Traffic() as traffic:
+        r = run(
+            SshCapture(),
+            root_session,
+            tmp_path,
+            cancel_after=1.0,
+            interface="lo",
+            filter=f"udp port {traffic.port}",
+            duration="60s",
+        )
+    assert isinstance(r.error, StepPartial) and "interrupted" in str(r.error)
+    assert r.facts["stop_reason"] == "cancelled" and r.facts["packets"] > 0
+    assert read_pcap(r.file("capture.pcap")) == r.facts["packets"]
+    assert r.seconds < 6
 
 
 def test_capture_reports_no_permission_and_no_tcpdump(

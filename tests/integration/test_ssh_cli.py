@@ -156,10 +156,14 @@ def test_collect_over_ssh_records_each_failure_and_leaks_no_secret(
     traffic.stop.set()
     assert proc.returncode == 1, proc.stderr
     assert elapsed < 60
+    assert "Traceback" not in proc.stderr  # failures are step messages, not library noise
     data = json.loads(proc.stdout)
     top = open_with_stock_tools(Path(data["bundle"]), cli.home / "identity.txt", tmp_path / "o")
     m = manifest_of(top)
     st = {(s["device"], s["id"]): s for s in m["steps"]}
+    for s in m["steps"]:  # shown by pytest if an assertion below fails
+        print(f"{s['device']}/{s['id']}: {s['status']} {s['seconds']}s {s['error'] or ''}")
+    print(proc.stderr)
 
     def status(dev: str, step: str) -> str:
         return str(st[(dev, step)]["status"])
@@ -285,3 +289,48 @@ def test_devices_list_and_probe(cli: Cli, sshd: Sshd) -> None:
     assert rows["down"]["probe"]["ssh"].startswith("failed:")
     assert "connection refused" in rows["down"]["probe"]["ssh"]
     assert rows["gw1"]["transports"][-2:] == ["ssh", "snmp"]
+
+
+def _trust_on_a_terminal(cli: Cli, answer: str) -> subprocess.CompletedProcess[str]:
+    """``devices trust gw1`` with stdin on a pseudo-terminal, typing ``answer``."""
+    import pty
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "devices", "trust", "gw1"],
+            cwd=cli.cwd,
+            env=cli.env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_devices_trust_asks_on_a_terminal(cli: Cli, sshd: Sshd, tmp_path: Path) -> None:
+    _trust_config(cli, sshd)
+    kh = cli.home / "known_hosts"
+    p = _trust_on_a_terminal(cli, "no")
+    assert p.returncode == 1 and "Type 'yes' to trust this key" in p.stdout
+    assert "nothing was recorded" in p.stdout and not kh.exists()
+    p = _trust_on_a_terminal(cli, "yes")
+    assert p.returncode == 0, p.stderr
+    assert kh.read_text() == sshd.known_hosts_line() + "\n"
+    # a changed key needs the word "replace", not a reflexive "yes"
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    fake = " ".join(other.with_suffix(".pub").read_text().split()[:2])
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {fake}\n")
+    p = _trust_on_a_terminal(cli, "yes")
+    assert p.returncode == 1 and "HAS CHANGED" in p.stderr and "Type 'replace'" in p.stdout
+    assert kh.read_text() == f"[127.0.0.1]:{sshd.port} {fake}\n"
+    p = _trust_on_a_terminal(cli, "replace")
+    assert p.returncode == 0 and kh.read_text() == sshd.known_hosts_line() + "\n"
