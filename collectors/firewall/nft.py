@@ -99,7 +99,8 @@ def _value(pkt: Packet, expr: Any) -> Any:
             return "local" if pkt.hook == "input" else "unicast"
         raise _Unknown("fib lookup is not modelled")
     if kind == "concat":
-        return tuple(_value(pkt, e) for e in body)
+        parts = tuple(_value(pkt, e) for e in body)
+        return ABSENT if any(p is ABSENT for p in parts) else parts
     if kind == "&":
         inner, mask = body
         v = _value(pkt, inner)
@@ -265,6 +266,10 @@ class NftRule:
             elif key in ("limit", "quota"):
                 conds.append(Unknown(f"{key} is not modelled"))
             elif key == "reject":
+                # "reject with icmp ..." only applies to IPv4 packets, "icmpv6" to IPv6
+                rtype = body.get("type") if isinstance(body, dict) else None
+                if (rtype == "icmp" and pkt.v6) or (rtype == "icmpv6" and not pkt.v6):
+                    return None
                 return self._finish(conds, Action("reject", _short(body)))
             elif key == "vmap":
                 return self._vmap(pkt, body, table, conds)
