@@ -200,6 +200,12 @@ class Device(Model):
     address: str = "localhost"
     ssh: Ssh | None = None
     snmp: Snmp | None = None
+    # where the firewall in front of the device lives (remote-access checks): "local" (this
+    # host; default for a local device), "ssh" (the device, over its ssh settings; default
+    # when it has them) or the name of another device (the gateway in front of it)
+    firewall: str | None = None
+    firewall_kind: Literal["auto", "nftables", "iptables"] = "auto"
+    firewall_interface: str | None = None  # input interface the vendor's traffic arrives on
 
     @property
     def is_local(self) -> bool:
@@ -237,6 +243,28 @@ class Settings(Model):
                 raise ValueError(f"device name {d.name!r} is used twice")
             seen.add(d.name)
         return devices
+
+    @model_validator(mode="after")
+    def _firewalls(self) -> Settings:
+        by_name = {d.name: d for d in self.devices}
+        for i, d in enumerate(self.devices):
+            fw = d.firewall
+            if fw is None or fw == "local":
+                continue
+            where = f"devices[{i}].firewall"
+            if fw == "ssh":
+                if d.ssh is None:
+                    raise ValueError(f'{where}: "ssh" needs ssh settings for device {d.name}')
+                continue
+            gw = by_name.get(fw)
+            if gw is None or gw.name == d.name:
+                raise ValueError(
+                    f'{where}: expected "local", "ssh" or the name of another device (the '
+                    f"gateway in front of {d.name}), got {fw!r}"
+                )
+            if not gw.is_local and gw.ssh is None:
+                raise ValueError(f"{where}: gateway {gw.name} is not local and has no ssh settings")
+        return self
 
     def inventory(self) -> list[Device]:
         """The configured devices; with none, the implied device ``local`` (this host)."""

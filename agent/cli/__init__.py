@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import bundle_cmd, collect_cmd, config_cmd, kb_cmd, keys_cmd, outbox_cmd
+from agent.cli import (
+    bundle_cmd,
+    check_access_cmd,
+    collect_cmd,
+    config_cmd,
+    kb_cmd,
+    keys_cmd,
+    outbox_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod in (collect_cmd, kb_cmd, config_cmd, bundle_cmd, keys_cmd, outbox_cmd):
+    for mod in (
+        collect_cmd,
+        kb_cmd,
+        config_cmd,
+        bundle_cmd,
+        keys_cmd,
+        outbox_cmd,
+        check_access_cmd,
+    ):
         mod.register(sub)
     return p
 

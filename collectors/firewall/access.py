@@ -379,3 +379,67 @@ def check_access(
         found.by_key.values(), key=lambda f: (order[f.kind], f.protocol, f.port)
     )
     return report
+
+
+def vendor_summary(res: RequirementResult) -> str:
+    verdicts = list(res.vendor.values())
+    if not verdicts:
+        return "no vendor networks"
+    ok = verdicts.count("accept")
+    if ok == len(verdicts):
+        return f"allowed ({ok}/{len(verdicts)})"
+    if "unknown" in verdicts and ok + verdicts.count("unknown") == len(verdicts):
+        return f"unknown ({verdicts.count('unknown')}/{len(verdicts)})"
+    return f"BLOCKED ({len(verdicts) - ok}/{len(verdicts)})"
+
+
+def others_summary(res: RequirementResult, checked: int) -> str:
+    if res.others_open:
+        return f"OPEN from {len(res.others_open)} of {checked} sources"
+    return f"closed ({checked} sources)"
+
+
+def render_text(report: AccessReport, header: list[str]) -> str:
+    """The report as plain text (the bundle's access.txt; the CLI shows the same findings)."""
+    lines = [*header, ""]
+    checked = sum(report.checked_sources.values())
+    lines.append(f"{'port':<10} {'purpose':<14} {'vendor':<16} {'others':<32} status")
+    for r in report.requirements:
+        req = r.requirement
+        lines.append(
+            f"{req.port}/{req.protocol:<6} {req.purpose[:14]:<14} {vendor_summary(r):<16} "
+            f"{others_summary(r, checked):<32} {r.status}"
+        )
+    if not report.requirements:
+        lines.append("(the KB lists no remote_access ports)")
+    lines.append("")
+    lines.extend(findings_text(report))
+    verdict = "COMPLIANT" if report.compliant else (
+        "VIOLATIONS" if report.violations else "UNKNOWN (not every case could be decided)"
+    )  # fmt: skip
+    lines.append(
+        f"result: {verdict}; {len(report.violations)} violation(s), {len(report.unknown)} "
+        f"undecided; {report.checked_ports} ports x {checked} sources evaluated"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def findings_text(report: AccessReport) -> list[str]:
+    lines: list[str] = []
+    titles = {
+        "vendor-blocked": "the vendor is blocked:",
+        "open-to-others": "open to sources outside the vendor's networks:",
+        "extra-open": "ports open beyond the requirements:",
+        "unknown": "cannot decide (fieldtrace does not model what these rules use):",
+    }
+    for kind, title in titles.items():
+        items = [f for f in report.findings if f.kind == kind]
+        if not items:
+            continue
+        lines.append(title)
+        for f in items:
+            lines.append(f"  - {f.message()}")
+            if f.fix:
+                lines.append(f"    fix: {f.fix}")
+        lines.append("")
+    return lines
