@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.access import device_access_info
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
@@ -239,7 +241,12 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
     staging = _Staging(prep.home, job_id)
     try:
         runner = Runner(
-            prep.plan, staging.path, settings.collect.max_parallel_devices, rep.step, prep.home
+            prep.plan,
+            staging.path,
+            settings.collect.max_parallel_devices,
+            rep.step,
+            prep.home,
+            access=functools.partial(device_access_info, settings),
         )
         rep.phase("collect", len(prep.plan.steps))
         started = utcnow()

@@ -160,8 +160,10 @@ class Runner:
         max_parallel: int = 8,
         progress: Progress | None = None,
         home: Path | None = None,
+        access: Callable[[Device], dict[str, Any]] | None = None,
     ) -> None:
         self.plan = plan
+        self.access = access  # device -> DeviceInfo.access (agent.access.device_access_info)
         self.home = home or staging
         self.staging = staging
         self.max_parallel = max_parallel
@@ -212,7 +214,13 @@ class Runner:
         ctx = StepContext(
             sink=sink, deadline=t0 + limit, cancel=threading.Event(), opener=sessions.get
         )
-        info = DeviceInfo(ps.device.name, ps.device.type, ps.device.address, ps.kbtype.hints())
+        info = DeviceInfo(
+            ps.device.name,
+            ps.device.type,
+            ps.device.address,
+            ps.kbtype.hints(),
+            self.access(ps.device) if self.access else {},
+        )
         outcome: dict[str, Any] = {}
 
         def target() -> None:

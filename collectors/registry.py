@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collectors.base import Collector
+from collectors.firewall.collector import AccessCheck
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
 
 _COLLECTORS: dict[str, Collector] = {
-    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile())
+    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile(), AccessCheck())
 }
 
 

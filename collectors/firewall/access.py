@@ -403,12 +403,12 @@ def render_text(report: AccessReport, header: list[str]) -> str:
     """The report as plain text (the bundle's access.txt; the CLI shows the same findings)."""
     lines = [*header, ""]
     checked = sum(report.checked_sources.values())
-    lines.append(f"{'port':<10} {'purpose':<14} {'vendor':<16} {'others':<32} status")
+    lines.append(f"{'port':<10} {'purpose':<14} {'vendor':<20} {'others':<34} status")
     for r in report.requirements:
         req = r.requirement
         lines.append(
-            f"{req.port}/{req.protocol:<6} {req.purpose[:14]:<14} {vendor_summary(r):<16} "
-            f"{others_summary(r, checked):<32} {r.status}"
+            f"{f'{req.port}/{req.protocol}':<10} {req.purpose[:14]:<14} {vendor_summary(r):<20} "
+            f"{others_summary(r, checked):<34} {r.status}"
         )
     if not report.requirements:
         lines.append("(the KB lists no remote_access ports)")

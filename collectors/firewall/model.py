@@ -36,6 +36,10 @@ class FirewallError(Exception):
     """The ruleset cannot be read or parsed; the message says what and what to do."""
 
 
+class FirewallPermissionError(FirewallError):
+    """Reading the ruleset needs privileges this process (or SSH user) does not have."""
+
+
 @dataclass(frozen=True)
 class Packet:
     """The first packet of a connection attempt (or a later one, ``ct_state="established"``).

@@ -15,6 +15,7 @@ xt extensions are opaque), so nothing is counted twice.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import subprocess
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from collectors.firewall.iptables import parse_save
-from collectors.firewall.model import FirewallError, Ruleset
+from collectors.firewall.model import FirewallError, FirewallPermissionError, Ruleset
 from collectors.firewall.nft import parse_nft_json
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,11 @@ _INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.M)
 
 
 def local_runner(timeout: float = 30.0) -> Run:
-    """Run programs on this host: argv, no shell, a timeout, capped output."""
+    """Run programs on this host: argv, no shell, a timeout, capped output.
+
+    Programs are looked up on $PATH (the sbin directories are searched when PATH is unset).
+    """
+    path = os.environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"
 
     def run(argv: list[str]) -> tuple[int, bytes, bytes]:
         try:
@@ -45,7 +50,7 @@ def local_runner(timeout: float = 30.0) -> Run:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout,
-                env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                env={"LC_ALL": "C", "PATH": path},
             )
         except FileNotFoundError:
             return MISSING, b"", f"{argv[0]}: not found".encode()
@@ -84,7 +89,7 @@ def _check(argv: list[str], rc: int, err: bytes, where: str) -> None:
     msg = _text(err).strip().splitlines()
     detail = msg[-1] if msg else f"exit status {rc}"
     if _PERM.search(_text(err)) or rc == 126:
-        raise FirewallError(
+        raise FirewallPermissionError(
             f"{where}: {shlex.join(argv)}: permission denied ({detail}); reading the firewall "
             "needs root or CAP_NET_ADMIN: run fieldtrace as root (or the SSH user as root)"
         )

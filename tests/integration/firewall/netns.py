@@ -88,8 +88,10 @@ class NetnsBed:
             ip("-n", self.ns[role], "-batch", "-", stdin="\n".join(batch) + "\n")
         ip("-n", dev, "-batch", "-", stdin="\n".join(dev_batch) + "\n")
         # ICMP errors are rate limited per destination: a burst of probes would see drops
-        sysctl = ["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-                  "net.ipv4.icmp_msgs_per_sec=100000", "net.ipv4.icmp_msgs_burst=100000"]  # fmt: skip
+        sysctl = [
+            "sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=100000", "net.ipv4.icmp_msgs_burst=100000",
+        ]  # fmt: skip
         proc = subprocess.run(self.exec_argv("device", sysctl), capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
 
@@ -109,7 +111,7 @@ class NetnsBed:
                     ",".join(map(str, TCP_PORTS)),
                     ",".join(map(str, UDP_PORTS)),
                 ],
-            ),  # fmt: skip
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

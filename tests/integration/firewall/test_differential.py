@@ -45,7 +45,7 @@ def sections(path: Path) -> list[tuple[str, str]]:
             out.append((m.group(1), []))
         else:
             out[-1][1].append(line)
-    return [(tool, "\n".join(lines) + "\n") for tool, lines in out if any(l.strip() for l in lines)]
+    return [(tool, "\n".join(lines) + "\n") for tool, lines in out if "".join(lines).strip()]
 
 
 def run_case(path: Path) -> list[str]:
