@@ -409,7 +409,7 @@ def parse_save(text: str, source: str, family: str) -> list[Table]:
                     type="nat" if table.name == "nat" else "filter",
                 )
             elif line.startswith(("-A ", "--append ", "[")):
-                chain_name = shlex.split(line.lstrip("[0123456789:] "))[1]
+                chain_name = line.lstrip("[0123456789:] ").split()[1]
                 positions[chain_name] = positions.get(chain_name, 0) + 1
                 chain_name, rule = parse_rule(line, table, source, positions[chain_name])
                 chain = table.chains.get(chain_name)
