@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -165,8 +166,15 @@ class Ssh(Model):
     username: str
     key: SecretRef | None = None
     password: SecretRef | None = None
-    jump: str | None = None
-    timeout: Duration = 10.0
+    key_passphrase: SecretRef | None = None  # for an encrypted private key
+    jump: str | None = None  # name of another device whose ssh reaches this one
+    timeout: Duration = 10.0  # TCP connect, banner, auth and channel-open timeouts
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Ssh:
+        if self.key is None and self.password is None:
+            raise ValueError('ssh needs key = { file = "..." } or password = { ... }')
+        return self
 
 
 class Snmp(Model):
@@ -206,6 +214,12 @@ class Device(Model):
     firewall: str | None = None
     firewall_kind: Literal["auto", "nftables", "iptables"] = "auto"
     firewall_interface: str | None = None  # input interface the vendor's traffic arrives on
+    _jump_device: Device | None = PrivateAttr(default=None)  # linked by Settings
+
+    @property
+    def jump_device(self) -> Device | None:
+        """The device named by ``ssh.jump`` (set when the site config is validated)."""
+        return self._jump_device
 
     @property
     def is_local(self) -> bool:
@@ -242,6 +256,27 @@ class Settings(Model):
             if d.name in seen:
                 raise ValueError(f"device name {d.name!r} is used twice")
             seen.add(d.name)
+        by_name = {d.name: d for d in devices}
+        for d in devices:
+            jump = d.ssh.jump if d.ssh else None
+            if jump is None:
+                continue
+            target = by_name.get(jump)
+            if target is None or target.ssh is None:
+                raise ValueError(
+                    f"device {d.name!r}: ssh.jump names {jump!r}, which is not a configured "
+                    "device with ssh settings"
+                )
+            d._jump_device = target
+        for d in devices:  # no loops: a -> b -> a
+            seen_chain, cur = {d.name}, d.jump_device
+            while cur is not None:
+                if cur.name in seen_chain:
+                    raise ValueError(
+                        f"device {d.name!r}: ssh.jump chain loops back to {cur.name!r}"
+                    )
+                seen_chain.add(cur.name)
+                cur = cur.jump_device
         return devices
 
     @model_validator(mode="after")

@@ -6,9 +6,19 @@ from collectors.base import Collector
 from collectors.firewall.collector import AccessCheck
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.ssh import SshCapture, SshCommand, SshFile
 
 _COLLECTORS: dict[str, Collector] = {
-    c.name: c for c in (HostSnapshot(), LocalCommand(), LocalFile(), AccessCheck())
+    c.name: c
+    for c in (
+        HostSnapshot(),
+        LocalCommand(),
+        LocalFile(),
+        SshCommand(),
+        SshFile(),
+        SshCapture(),
+        AccessCheck(),
+    )
 }
 
 

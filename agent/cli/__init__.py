@@ -19,6 +19,7 @@ from agent.cli import (
     check_access_cmd,
     collect_cmd,
     config_cmd,
+    devices_cmd,
     kb_cmd,
     keys_cmd,
     outbox_cmd,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         bundle_cmd,
         keys_cmd,
         outbox_cmd,
+        devices_cmd,
         check_access_cmd,
     ):
         mod.register(sub)

@@ -1,0 +1,698 @@
+"""SSH: the device session (``SshSession``) and the ``ssh.command``, ``ssh.file`` and
+``ssh.capture`` collectors.
+
+``SshSession`` wraps a connected ``paramiko.SSHClient`` whose host key the agent verified
+(``agent/ssh_session.py`` opens it). Every call has a timeout; output is read from stdout and
+stderr together (one ``select`` on the channel, so neither can fill up and deadlock the
+other); a command is stopped with an SSH ``signal`` request (OpenSSH sends it to the
+command's whole process group), then by closing the channel if the server ignores it.
+paramiko is imported lazily: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import logging
+import posixpath
+import re
+import select
+import shlex
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from collectors.base import (
+    CappedWriter,
+    Collector,
+    DeviceInfo,
+    Duration,
+    Facts,
+    Options,
+    Size,
+    StepContext,
+    StepFailed,
+    StepPartial,
+    StepSkipped,
+    StepTimeout,
+)
+
+if TYPE_CHECKING:
+    import paramiko
+
+log = logging.getLogger(__name__)
+
+STDERR_CAP = 1024 * 1024
+CHUNK = 256 * 1024
+_STOP_GRACE = 2.0  # seconds between TERM, KILL and giving up on the channel
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_status: int | None  # None when killed/timed out
+    stdout: bytes
+    stderr: bytes
+    truncated: bool  # stdout hit max_bytes
+    timed_out: bool
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What ``SshSession.stream`` saw; stdout went to the caller's callback."""
+
+    exit_status: int | None
+    stderr: bytes
+    stdout_bytes: int
+    timed_out: bool
+    cancelled: bool
+    stopped: bool  # the callback asked to stop
+    seconds: float
+
+
+class SessionLost(StepFailed):
+    """The SSH connection is gone (the device dropped it or the network did)."""
+
+
+class SshSession:
+    """One device's SSH connection, shared by its steps in a job; thread-safe."""
+
+    def __init__(self, device_name: str, client: paramiko.SSHClient, timeout: float = 10.0):
+        self.device_name = device_name
+        self.client = client
+        self.timeout = timeout  # for opening channels and SFTP round trips
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+        self._extra: list[Any] = []  # e.g. the jump host's session, closed with this one
+
+    # --- channels ---------------------------------------------------------------------
+
+    def _transport(self) -> paramiko.Transport:
+        t = self.client.get_transport()
+        if t is None or not t.is_active():
+            raise SessionLost(f"{self.device_name}: the SSH connection was lost")
+        return t
+
+    def _channel(self) -> paramiko.Channel:
+        import paramiko
+
+        try:
+            return self._transport().open_session(timeout=self.timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SessionLost(
+                f"{self.device_name}: cannot open an SSH channel: {exc or type(exc).__name__}"
+            ) from exc
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        max_bytes: int = 64 * 1024**2,
+        cancel: threading.Event | None = None,
+    ) -> CommandResult:
+        """Run ``command`` (exec channel), keeping up to ``max_bytes`` of stdout in memory."""
+        out = bytearray()
+
+        def keep(data: bytes) -> bool:
+            room = max_bytes - len(out)
+            out.extend(data[: max(room, 0)])
+            return len(data) <= room
+
+        res = self.stream(command, keep, timeout=timeout, cancel=cancel)
+        return CommandResult(
+            exit_status=res.exit_status,
+            stdout=bytes(out),
+            stderr=res.stderr,
+            truncated=res.stopped,
+            timed_out=res.timed_out,
+        )
+
+    def stream(
+        self,
+        command: str,
+        on_stdout: Callable[[bytes], bool],
+        *,
+        timeout: float,
+        cancel: threading.Event | None = None,
+        stderr_max: int = STDERR_CAP,
+        stop_signal: str = "TERM",
+        on_stop: Callable[[bytes], None] | None = None,
+    ) -> StreamResult:
+        """Run ``command``, handing stdout to ``on_stdout`` as it arrives.
+
+        ``on_stdout`` returns False to stop the command (a cap was reached); it keeps being
+        called with what the command still writes while it stops, so a caller can keep a
+        final flush (tcpdump writes its last packets on SIGTERM). At ``timeout`` or when
+        ``cancel`` is set the command is stopped the same way. stderr is kept up to
+        ``stderr_max`` bytes and drained past it. ``on_stop(stderr_so_far)`` is called once
+        when stopping starts, for a caller that knows a better way to stop the command
+        (OpenSSH ignores signal requests on root logins, which have no privilege separation).
+        """
+        chan = self._channel()
+        started = time.monotonic()
+        limit = started + timeout
+        stderr = bytearray()
+        total = 0
+        timed_out = cancelled = stopped = False
+        stop_at: float | None = None
+        signals = [stop_signal, "KILL"]
+        try:
+            chan.settimeout(self.timeout)
+            chan.exec_command(command)
+            chan.settimeout(0.0)
+            fd = chan.fileno()
+            while True:
+                while chan.recv_ready():
+                    data = chan.recv(CHUNK)
+                    if not data:
+                        break
+                    total += len(data)
+                    if not on_stdout(data) and not stopped:
+                        stopped = True
+                while chan.recv_stderr_ready():
+                    data = chan.recv_stderr(CHUNK)
+                    if len(stderr) < stderr_max:
+                        stderr += data[: stderr_max - len(stderr)]
+                if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if chan.closed or not self._transport_alive():
+                    break
+                now = time.monotonic()
+                if stop_at is None:
+                    if cancel is not None and cancel.is_set():
+                        cancelled = True
+                    elif now >= limit:
+                        timed_out = True
+                    if stopped or cancelled or timed_out:
+                        stop_at = now
+                        self._signal(chan, signals.pop(0))
+                        if on_stop is not None:
+                            on_stop(bytes(stderr))
+                elif now - stop_at > _STOP_GRACE:
+                    if not signals:
+                        break  # the server ignores signals: closing the channel ends it
+                    stop_at = now
+                    self._signal(chan, signals.pop(0))
+                select.select([fd], [], [], 0.1 if stop_at is None else 0.05)
+            exit_status: int | None = None
+            if chan.eof_received and not (timed_out or cancelled or stopped):
+                chan.status_event.wait(min(self.timeout, max(limit - time.monotonic(), 1.0)))
+            if chan.status_event.is_set() and chan.exit_status >= 0:
+                exit_status = chan.exit_status
+            if not self._transport_alive() and not chan.eof_received:
+                raise SessionLost(
+                    f"{self.device_name}: the SSH connection was lost during the command"
+                )
+        except TimeoutError as exc:
+            raise StepFailed(
+                f"{self.device_name}: the device did not start the command within {self.timeout:g}s"
+            ) from exc
+        finally:
+            chan.close()
+        return StreamResult(
+            exit_status=None if (timed_out or cancelled) and exit_status is None else exit_status,
+            stderr=bytes(stderr),
+            stdout_bytes=total,
+            timed_out=timed_out,
+            cancelled=cancelled,
+            stopped=stopped,
+            seconds=time.monotonic() - started,
+        )
+
+    def _transport_alive(self) -> bool:
+        t = self.client.get_transport()
+        return t is not None and t.is_active()
+
+    @staticmethod
+    def _signal(chan: paramiko.Channel, name: str) -> None:
+        """Send an SSH ``signal`` channel request (RFC 4254 6.9); best effort."""
+        import paramiko
+        from paramiko.common import cMSG_CHANNEL_REQUEST
+
+        if chan.closed:
+            return
+        m = paramiko.Message()
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(chan.remote_chanid)
+        m.add_string("signal")
+        m.add_boolean(False)
+        m.add_string(name)
+        with contextlib.suppress(Exception):
+            chan.transport._send_user_message(m)  # type: ignore[union-attr]
+
+    def open_shell(
+        self, *, width: int = 200, height: int = 50, timeout: float = 10.0
+    ) -> paramiko.Channel:
+        """An interactive shell channel with a pty (``timeout`` set on the channel)."""
+        chan = self._channel()
+        try:
+            chan.settimeout(timeout)
+            chan.get_pty(term="vt100", width=width, height=height)
+            chan.invoke_shell()
+        except Exception:
+            chan.close()
+            raise
+        return chan
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The session's SFTP client, opened on first use and reused."""
+        import paramiko
+
+        with self._lock:
+            if self._sftp is not None and not self._sftp.sock.closed:
+                return self._sftp
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise SessionLost(
+                    f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
+                    "(is the sftp subsystem enabled on the device?)"
+                ) from exc
+            self._sftp.get_channel().settimeout(max(self.timeout, 5.0))  # type: ignore[union-attr]
+            return self._sftp
+
+    def close(self) -> None:
+        with self._lock:
+            sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.close()
+        self.client.close()
+        for extra in self._extra:
+            with contextlib.suppress(Exception):
+                extra.close()
+
+
+def _session(ctx: StepContext) -> SshSession:
+    session = ctx.session("ssh")
+    if not isinstance(session, SshSession):  # pragma: no cover - wiring error
+        raise StepFailed(f"the ssh session is a {type(session).__name__}, not an SshSession")
+    return session
+
+
+def _last_line(data: bytes) -> str:
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1][:300] if lines else ""
+
+
+# --- ssh.command ---------------------------------------------------------------------------
+
+
+class SshCommandOptions(Options):
+    command: str = Field(min_length=1)
+    timeout: Duration = 60.0
+    max_bytes: Size = 64 * 1024**2
+    ok_exit_codes: tuple[int, ...] = (0,)
+    missing_ok: bool = False
+    output: str | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("command is empty")
+        return value
+
+
+class SshCommand(Collector):
+    """Run a command on the device (exec channel); stdout streamed to output.txt."""
+
+    name = "ssh.command"
+    transport = "ssh"
+    Options = SshCommandOptions
+    summary = "run a command on the device over SSH, keep stdout/stderr and exit status"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: SshCommandOptions) -> Facts:
+        session = _session(ctx)
+        timeout = max(0.1, min(options.timeout, ctx.remaining()))
+        with ctx.sink.open(options.output or "output.txt", options.max_bytes) as out:
+
+            def write(data: bytes) -> bool:
+                if not out.full:
+                    out.write(data)
+                return not out.full
+
+            res = session.stream(options.command, write, timeout=timeout, cancel=ctx.cancel)
+        if res.stderr:
+            ctx.sink.write_bytes("stderr.txt", res.stderr)
+        facts: Facts = {
+            "command": options.command,
+            "exit_status": res.exit_status,
+            "seconds": round(res.seconds, 3),
+            "stdout_bytes": out.artifact.size,
+            "truncated": out.artifact.truncated,
+        }
+        if res.cancelled:
+            raise StepTimeout("cancelled")
+        if res.timed_out:
+            raise StepTimeout(f"still running after {res.seconds:.1f}s; stopped")
+        if res.stopped:  # output cap: the command was stopped, its status means little
+            return facts
+        if res.exit_status == 127 and options.missing_ok:
+            raise StepSkipped(f"not available on {device.name}: {_last_line(res.stderr)}")
+        if res.exit_status not in options.ok_exit_codes:
+            detail = _last_line(res.stderr)
+            status = (
+                "no exit status" if res.exit_status is None else f"exit status {res.exit_status}"
+            )
+            raise StepFailed(f"{status}{': ' + detail if detail else ''}")
+        return facts
+
+
+# --- ssh.file ------------------------------------------------------------------------------
+
+
+class SshFileOptions(Options):
+    path: str | tuple[str, ...]
+    max_bytes: Size = 16 * 1024**2
+    total_max_bytes: Size = 256 * 1024**2
+    tail: bool = False
+    since: Duration | None = None
+    missing_ok: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for p in (value,) if isinstance(value, str) else value:
+            if not p.startswith("/"):
+                raise ValueError(f"expected an absolute path or glob, got {p!r}")
+        return value
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=/-]")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def remote_glob(sftp: paramiko.SFTPClient, pattern: str) -> list[tuple[str, Any]]:
+    """Regular files matching an absolute glob on the device, as (path, SFTPAttributes)."""
+    parts = [p for p in pattern.split("/") if p]
+    found: list[str] = ["/"]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        nxt: list[str] = []
+        for base in found:
+            if _GLOB.search(part):
+                try:
+                    names = sorted(a.filename for a in sftp.listdir_attr(base))
+                except OSError:
+                    continue
+                nxt += [
+                    posixpath.join(base, n)
+                    for n in names
+                    if fnmatch.fnmatchcase(n, part) and (part.startswith(".") or n[0] != ".")
+                ]
+            else:
+                nxt.append(posixpath.join(base, part))
+        found = nxt
+        if not last:
+            found = [p for p in found if _is_dir(sftp, p)]
+    out = []
+    for p in found:
+        try:
+            attr = sftp.stat(p)  # follows symlinks
+        except OSError:
+            continue
+        if attr.st_mode is not None and stat.S_ISREG(attr.st_mode):
+            out.append((p, attr))
+    return out
+
+
+def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        mode = sftp.stat(path).st_mode
+    except OSError:
+        return False
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+class SshFile(Collector):
+    """Fetch files (remote globs) over SFTP, each capped, optionally the tail, by mtime."""
+
+    name = "ssh.file"
+    transport = "ssh"
+    Options = SshFileOptions
+    default_deadline = 300.0
+    summary = "fetch files matching globs from the device over SFTP, with caps, tail and since"
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: SshFileOptions) -> Facts:
+        import paramiko
+
+        session = _session(ctx)
+        sftp = session.sftp()
+        patterns = (options.path,) if isinstance(options.path, str) else options.path
+        matches: dict[str, Any] = {}
+        try:
+            for pat in patterns:
+                matches.update(remote_glob(sftp, pat))
+        except (TimeoutError, paramiko.SSHException, EOFError) as exc:
+            raise SessionLost(f"{device.name}: SFTP failed while listing files: {exc}") from exc
+        old = 0
+        if options.since is not None:
+            cutoff = time.time() - options.since
+            keep = {p: a for p, a in matches.items() if (a.st_mtime or 0) >= cutoff}
+            old = len(matches) - len(keep)
+            matches = keep
+        if not matches:
+            extra = f" modified in the last {options.since:g}s" if options.since else ""
+            msg = f"no file matches {', '.join(patterns)}{extra} on {device.name}"
+            raise StepSkipped(msg) if options.missing_ok else StepFailed(msg)
+        total = 0
+        copied: list[str] = []
+        errors: list[str] = []
+        lost: str | None = None
+        for path in sorted(matches):
+            ctx.check()
+            if lost is not None:
+                errors.append(f"{path}: not fetched, the connection was lost")
+                continue
+            room = options.total_max_bytes - total
+            if room <= 0:
+                errors.append(f"{path}: not fetched, total_max_bytes reached")
+                continue
+            name = "files/" + _UNSAFE.sub("_", path.lstrip("/"))
+            size = matches[path].st_size or 0
+            with ctx.sink.open(name, min(options.max_bytes, room)) as out:
+                try:
+                    self._fetch(ctx, sftp, path, size, out, options.tail)
+                    copied.append(path)
+                except OSError as exc:  # IOError from SFTP status: permission, vanished ...
+                    errors.append(f"{path}: {exc.strerror or exc}")
+                except (TimeoutError, paramiko.SSHException, EOFError) as exc:
+                    out.artifact.truncated = True
+                    lost = str(exc) or type(exc).__name__
+                    errors.append(
+                        f"{path}: connection lost after {out.artifact.size} bytes ({lost}); "
+                        "the part fetched is kept"
+                    )
+                    if out.artifact.size:
+                        copied.append(path)
+                total += out.artifact.size
+        facts: Facts = {"files": copied, "bytes": total, "matched": len(matches)}
+        if old:
+            facts["older_than_since"] = old
+        if errors and not copied:
+            raise StepFailed("; ".join(errors))
+        if errors:
+            raise StepPartial("; ".join(errors), facts)
+        return facts
+
+    @staticmethod
+    def _fetch(
+        ctx: StepContext,
+        sftp: paramiko.SFTPClient,
+        path: str,
+        size: int,
+        out: CappedWriter,
+        tail: bool,
+    ) -> None:
+        cap = out.max_bytes
+        skip = size - cap if tail and size > cap else 0
+        with sftp.open(path, "rb") as fh:
+            if skip:
+                fh.seek(skip)
+                fh.prefetch(size)
+                fh.readline(64 * 1024)  # start on a whole line
+                out.artifact.truncated = True
+            elif size:
+                fh.prefetch(min(size, cap))
+            while not out.full:
+                ctx.check()
+                chunk = fh.read(min(CHUNK * 4, cap - out.artifact.size))
+                if not chunk:
+                    break
+                out.write(chunk)
+            if out.full and size > out.artifact.size:
+                out.artifact.truncated = True
+
+
+# --- ssh.capture ---------------------------------------------------------------------------
+
+
+class SshCaptureOptions(Options):
+    filter: str = ""
+    interface: str = Field("any", pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+    duration: Duration = 60.0
+    max_packets: int | None = Field(None, ge=1)
+    max_bytes: Size = 200 * 1000**2
+    snaplen: int = Field(262144, ge=64, le=262144)
+    sudo: bool = False
+    output: str = "capture.pcap"
+
+
+_PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": "<",
+    b"\xa1\xb2\xc3\xd4": ">",
+    b"\x4d\x3c\xb2\xa1": "<",  # nanosecond variants
+    b"\xa1\xb2\x3c\x4d": ">",
+}
+
+
+class PcapStream:
+    """Cuts a pcap byte stream into whole records, keeping at most ``max_bytes``."""
+
+    def __init__(self, writer: CappedWriter, max_bytes: int, max_packets: int | None) -> None:
+        self.writer = writer
+        self.max_bytes = max_bytes
+        self.max_packets = max_packets
+        self.buf = bytearray()
+        self.endian: str | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.full: str | None = None  # why no more records are kept
+
+    def feed(self, data: bytes) -> bool:
+        """Take stream bytes; False once a cap is reached (the capture should stop)."""
+        if self.full:
+            return False
+        self.buf += data
+        if self.endian is None:
+            if len(self.buf) < 24:
+                return True
+            self.endian = _PCAP_MAGIC.get(bytes(self.buf[:4]))
+            if self.endian is None:
+                raise StepFailed("the device's tcpdump did not write a pcap stream")
+            self._keep(24)
+        while len(self.buf) >= 16:
+            (incl,) = struct.unpack_from(self.endian + "I", self.buf, 8)
+            if len(self.buf) < 16 + incl:
+                break
+            if self.bytes + 16 + incl > self.max_bytes:
+                self.full = "max_bytes"
+                return False
+            self._keep(16 + incl)
+            self.packets += 1
+            if self.max_packets is not None and self.packets >= self.max_packets:
+                self.full = "max_packets"
+                return False
+        return True
+
+    def _keep(self, n: int) -> None:
+        self.writer.write(bytes(self.buf[:n]))
+        self.bytes += n
+        del self.buf[:n]
+
+
+_PID_TAG = "fieldtrace-pid:"
+_PID_LINE = re.compile(rb"^" + _PID_TAG.encode() + rb"(\d+)\n?", re.MULTILINE)
+
+
+class SshCapture(Collector):
+    """Remote ``tcpdump -U -w -`` streamed into a pcap artifact, stopped at any cap."""
+
+    name = "ssh.capture"
+    transport = "ssh"
+    Options = SshCaptureOptions
+    summary = "packet capture on the device (remote tcpdump) into a pcap, with time/size caps"
+
+    def deadline_for(self, options: Any) -> float:
+        return float(options.duration) + 20.0
+
+    @staticmethod
+    def command(options: SshCaptureOptions) -> str:
+        argv = ["tcpdump", "-U", "-n", "-w", "-", "-i", options.interface]
+        argv += ["-s", str(options.snaplen)]
+        if options.max_packets:
+            argv += ["-c", str(options.max_packets)]
+        if options.sudo:
+            argv = ["sudo", "-n", *argv]
+        if options.filter:
+            argv += ["--", options.filter]
+        # the shell tells its PID (which tcpdump inherits with exec), so the capture can be
+        # stopped with kill(1) where the server ignores SSH signal requests
+        return f"echo {_PID_TAG}$$ >&2; exec " + " ".join(shlex.quote(a) for a in argv)
+
+    def collect(self, ctx: StepContext, device: DeviceInfo, options: SshCaptureOptions) -> Facts:
+        session = _session(ctx)
+        duration = max(0.5, min(options.duration, ctx.remaining() - 5.0))
+        with ctx.sink.open(options.output, options.max_bytes) as out:
+            pcap = PcapStream(out, options.max_bytes, options.max_packets)
+
+            def kill(stderr: bytes) -> None:
+                m = _PID_LINE.search(stderr)
+                if m:
+                    with contextlib.suppress(StepFailed):
+                        session.run(f"kill -TERM {int(m.group(1))}", timeout=5)
+
+            res = session.stream(
+                self.command(options),
+                pcap.feed,
+                timeout=duration,
+                cancel=ctx.cancel,
+                on_stop=kill,
+            )
+        res = dataclasses.replace(res, stderr=_PID_LINE.sub(b"", res.stderr))
+        stderr = res.stderr.decode("utf-8", "replace")
+        if pcap.endian is None:
+            self._no_capture(device, options, res, stderr)
+        if pcap.full:
+            reason = pcap.full
+        elif res.cancelled:
+            reason = "cancelled"
+        elif res.timed_out:
+            reason = "duration" if duration >= options.duration else "deadline"
+        else:
+            reason = "ended"
+        facts: Facts = {
+            "packets": pcap.packets,
+            "bytes": pcap.bytes,
+            "stop_reason": reason,
+            "seconds": round(res.seconds, 3),
+            "interface": options.interface,
+            "filter": options.filter,
+        }
+        dropped = re.search(r"(\d+) packets? dropped by kernel", stderr)
+        if dropped:
+            facts["dropped_by_kernel"] = int(dropped.group(1))
+        if res.cancelled:
+            raise StepPartial("capture interrupted; the packets captured so far are kept", facts)
+        if reason == "ended" and res.exit_status not in (0, None):
+            raise StepPartial(
+                f"tcpdump exited with status {res.exit_status}: {_last_line(res.stderr)}", facts
+            )
+        return facts
+
+    @staticmethod
+    def _no_capture(device: DeviceInfo, options: SshCaptureOptions, res: Any, err: str) -> None:
+        last = " ".join(err.split())[:300]
+        low = err.lower()
+        if res.exit_status == 127 or ("not found" in low and "tcpdump" in low):
+            raise StepFailed(
+                f"tcpdump is not installed on {device.name} (or not on the login user's PATH): "
+                f"{last}"
+            )
+        if "permission" in low or "not permitted" in low or "password is required" in low:
+            raise StepFailed(
+                f"no permission to capture on {options.interface} on {device.name}: {last} "
+                "(log in as a user allowed to capture, give tcpdump CAP_NET_RAW, or set "
+                "sudo: true with a sudoers rule for tcpdump)"
+            )
+        if res.timed_out or res.cancelled:
+            return  # tcpdump ran but saw no packet before the stop: an empty capture
+        raise StepFailed(f"tcpdump failed on {device.name} (exit status {res.exit_status}): {last}")
