@@ -22,6 +22,7 @@ from pathlib import Path
 from collectors.firewall import Run, local_runner
 
 PEER = Path(__file__).with_name("peer.py")
+IP = shutil.which("ip") or "/usr/sbin/ip"
 TCP_PORTS = [22, 80, 443, 2222, 3000, 8080, 8443]
 UDP_PORTS = [53, 161, 5060]
 DEVICE_ADDRS = {
@@ -96,7 +97,7 @@ class NetnsBed:
         assert proc.returncode == 0, proc.stderr
 
     def exec_argv(self, role: str, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[role], *argv]
+        return [IP, "netns", "exec", self.ns[role], *argv]
 
     def listen(self) -> None:
         addrs = [a for v in DEVICE_ADDRS.values() for a in v]
