@@ -252,7 +252,6 @@ def ssh_site(cli: Cli, server: Sshd) -> None:
         firewall = "ssh"
         ssh = {{ port = {server.port}, username = "root", key = {{ file = "{key}" }} }}
         """,
-        support='"198.51.100.7/32"',
     )
 
 
