@@ -153,7 +153,12 @@ def requirements_for(kb: KnowledgeBase, device: Device) -> list[Requirement]:
 
 
 def check_device(
-    settings: Settings, kb: KnowledgeBase, device: Device, home: Path, probe: bool = False
+    settings: Settings,
+    kb: KnowledgeBase,
+    device: Device,
+    home: Path,
+    probe: bool = False,
+    budget: float = 60.0,
 ) -> DeviceAccess:
     t0 = time.monotonic()
     where, host = firewall_location(settings, device)
@@ -186,7 +191,9 @@ def check_device(
                 close()
             result.ruleset = ruleset
             result.notes.extend(ruleset.notes)
-            result.report = check_access(ruleset, reqs, list(settings.vendor.support_ips), target)
+            result.report = check_access(
+                ruleset, reqs, list(settings.vendor.support_ips), target, budget=budget
+            )
         except FirewallError as exc:
             result.error = str(exc)
     if probe:

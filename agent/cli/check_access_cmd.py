@@ -25,6 +25,14 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also try each required port from this host (TCP connect / UDP datagram)",
     )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="time per device for the scan of other open ports (default 60); ports left "
+        "unchecked are reported as undecided",
+    )
     p.set_defaults(handler=run)
 
 
@@ -40,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     kb = load_context(loaded)
     devices = select_devices(loaded.settings, list(args.devices))
     base = home()
-    results = [check_device(loaded.settings, kb, d, base, probe=args.probe) for d in devices]
+    results = [
+        check_device(loaded.settings, kb, d, base, probe=args.probe, budget=args.budget)
+        for d in devices
+    ]
     statuses = {r.status for r in results}
     if "error" in statuses:
         code = EXIT_USAGE

@@ -12,6 +12,7 @@ names the rule that decides it and what to change.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,6 +156,8 @@ class Finding:
             return f"{rule} accepts {what} from outside the vendor's networks ({srcs})"
         if self.kind == "extra-open":
             return f"{rule} accepts {what}, which the vendor does not need, from outside ({srcs})"
+        if self.rule.source == "fieldtrace":
+            return f"not checked: {what}: {self.reason}"
         if self.kind == "unknown" and len(self.ports) > 1:
             return f"cannot decide {what}: {rule} {self.reason}"
         return f"cannot decide {what} from {srcs}: {rule} {self.reason}"
@@ -175,6 +178,21 @@ class Finding:
 
 def _fam_kw(ref: RuleRef, v6: bool) -> str:
     return "ip6" if v6 else "ip"
+
+
+def scan_order(mentioned: Iterable[int]) -> list[tuple[str, int]]:
+    """(protocol, port) to scan: common ports, then each port class of the ruleset."""
+    bounds = {1, 65536}
+    for v in mentioned:
+        if 0 < v < 65536:
+            bounds |= {v, v + 1}
+    classes = sorted(bounds - {65536})
+    out: list[tuple[str, int]] = []
+    for proto in ("tcp", "udp"):
+        out.extend((proto, p) for p in SAMPLE_PORTS[proto])
+    for proto in ("tcp", "udp"):
+        out.extend((proto, p) for p in classes)
+    return list(dict.fromkeys(out))
 
 
 def fix_for(kind: str, ref: RuleRef, port: int, proto: str, vendor: list[Net], v6: bool) -> str:
@@ -318,8 +336,15 @@ def check_access(
     vendor: list[Net],
     target: Target,
     extra_ports: Iterable[int] = (),
+    budget: float = float("inf"),
 ) -> AccessReport:
-    """Evaluate the requirements and every other port against vendor and other sources."""
+    """Evaluate the requirements and every other port against vendor and other sources.
+
+    Other ports: one per class of ports the ruleset cannot tell apart (every port a rule
+    names, the one after it, and the start of each gap), which covers all 65535; common
+    service ports first. ``budget`` (seconds) bounds that scan; ports left unchecked become
+    an ``unknown`` finding, never a silent pass.
+    """
     report = AccessReport()
     found = _Collector(vendor)
     mentioned = ruleset.networks()
@@ -359,20 +384,31 @@ def check_access(
         ):
             res.status = "unknown"
         report.requirements.append(res)
-    ports = ruleset.ports() | set(extra_ports)
+    deadline = time.monotonic() + budget
     count = 0
-    for proto in ("tcp", "udp"):
-        for port in sorted(ports | set(SAMPLE_PORTS[proto])):
-            if (port, proto) in required or not 0 < port < 65536:
-                continue
-            count += 1
-            for fam in families:
-                for src in others[fam]:
-                    e = ev(src, proto, port)
-                    if e.accepted:
-                        found.add("extra-open", e)
-                    elif e.verdict == "unknown":
-                        found.add("unknown", e)
+    skipped: dict[str, list[int]] = {}
+    for proto, port in scan_order(ruleset.ports() | set(extra_ports)):
+        if (port, proto) in required:
+            continue
+        if time.monotonic() > deadline:
+            skipped.setdefault(proto, []).append(port)
+            continue
+        count += 1
+        for fam in families:
+            for src in others[fam]:
+                e = ev(src, proto, port)
+                if e.accepted:
+                    found.add("extra-open", e)
+                elif e.verdict == "unknown":
+                    found.add("unknown", e)
+    for proto, ports in skipped.items():
+        ref = RuleRef("fieldtrace", "", "", "", 0, f"time budget of {budget:g}s")
+        f = Finding("unknown", ports[0], proto, ref, ports=ports)
+        f.reason = (
+            "the scan for other open ports stopped at its time budget (a large ruleset); "
+            "'fieldtrace check-access' has no budget, access.check takes budget"
+        )
+        found.by_key[("unknown", 0, proto, "budget")] = f
     report.checked_ports = count + len(required)
     order = {"vendor-blocked": 0, "open-to-others": 1, "extra-open": 2, "unknown": 3}
     report.findings = sorted(

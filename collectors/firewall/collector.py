@@ -35,6 +35,7 @@ class AccessCheckOptions(Options):
     timeout: Duration = 30.0  # per command reading the rules
     extra_ports: list[int] = Field(default_factory=list)  # also check these ports
     keep_rules: bool = True  # keep the rule dumps (nft JSON, iptables-save) as artifacts
+    budget: Duration = 20.0  # time for the scan of other open ports; the rest is "unknown"
 
 
 class AccessCheck(Collector):
@@ -44,6 +45,9 @@ class AccessCheck(Collector):
     transport = "any"
     Options = AccessCheckOptions
     summary = "remote-access verdict: required ports open to the vendor only (access.json/.txt)"
+
+    def deadline_for(self, options: Any) -> float:
+        return float(options.timeout) + float(options.budget) + 10.0
 
     def collect(self, ctx: StepContext, device: DeviceInfo, options: AccessCheckOptions) -> Facts:
         info: dict[str, Any] = device.access
@@ -80,7 +84,8 @@ class AccessCheck(Collector):
             iif=info.get("interface"),
             families=tuple(info.get("families", (4, 6))),
         )
-        report = check_access(ruleset, reqs, vendor, target, options.extra_ports)
+        budget = min(options.budget, max(ctx.remaining() - 5.0, 1.0))
+        report = check_access(ruleset, reqs, vendor, target, options.extra_ports, budget)
         doc = {"device": device.name, "firewall": where, "read": ruleset.sources,
                "notes": ruleset.notes, **report.as_dict()}  # fmt: skip
         ctx.sink.write_text("access.json", json.dumps(doc, indent=1))

@@ -16,6 +16,7 @@ only if every chain accepts it; a drop or reject anywhere is final.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -187,6 +188,7 @@ class Table:
     sets: dict[str, Any] = field(default_factory=dict)  # nft named sets and maps
     ports: set[int] = field(default_factory=set)  # every port a rule mentions
     networks: set[Net] = field(default_factory=set)  # every address/network a rule mentions
+    cache: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def applies_to(self, pkt: Packet) -> bool:
         if self.family == "ip":
@@ -342,6 +344,7 @@ def evaluate(ruleset: Ruleset, pkt: Packet) -> Evaluation:
 # --- value helpers shared by both parsers -----------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_net(text: str) -> Net:
     return ipaddress.ip_network(text, strict=False)
 

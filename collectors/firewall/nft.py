@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +175,66 @@ def _elem_matches(v: Any, elem: Any, table: Table) -> bool:
     raise _Unknown(f"element {_short(elem)} is not modelled")
 
 
+class _CompiledSet:
+    """A set of addresses or ports as exact values plus sorted integer intervals."""
+
+    def __init__(self, elems: list[Any], table: Table) -> None:
+        self.exact: set[Any] = set()
+        self.ranges: list[tuple[int, int, int]] = []  # (version or 0 for ports, lo, hi)
+        self.rest: list[Any] = []  # elements only the generic matcher understands
+        for e in elems:
+            if isinstance(e, dict) and "elem" in e:
+                e = e["elem"].get("val")
+            try:
+                if isinstance(e, int) and not isinstance(e, bool):
+                    self.exact.add((0, e))
+                elif isinstance(e, str) and any(c in e for c in ".:"):
+                    net = parse_net(e)
+                    if net.num_addresses == 1:
+                        self.exact.add((net.version, int(net.network_address)))
+                    else:
+                        self._add_range(net.version, net.network_address, net.broadcast_address)
+                elif isinstance(e, dict) and "prefix" in e:
+                    net = parse_net(f"{e['prefix']['addr']}/{e['prefix']['len']}")
+                    self._add_range(net.version, net.network_address, net.broadcast_address)
+                elif (
+                    isinstance(e, dict)
+                    and "range" in e
+                    and all(isinstance(x, int) for x in e["range"])
+                ):
+                    self.ranges.append((0, e["range"][0], e["range"][1]))
+                elif isinstance(e, dict) and "range" in e:
+                    lo, hi = (ipaddress.ip_address(x) for x in e["range"])
+                    self._add_range(lo.version, lo, hi)
+                else:
+                    self.rest.append(e)
+            except (ValueError, KeyError, TypeError):
+                self.rest.append(e)
+        self.table = table
+
+    def _add_range(self, version: int, lo: Any, hi: Any) -> None:
+        self.ranges.append((version, int(lo), int(hi)))
+
+    def contains(self, v: Any) -> bool:
+        version = 0 if isinstance(v, int) else v.version
+        n = int(v)
+        if (version, n) in self.exact:
+            return True
+        if self.ranges and any(ver == version and lo <= n <= hi for ver, lo, hi in self.ranges):
+            return True
+        return bool(self.rest) and any(_elem_matches(v, e, self.table) for e in self.rest)
+
+
+def _compiled(elems: list[Any], table: Table) -> _CompiledSet:
+    """The compiled form of a set's elements, cached on the table (elements live as long)."""
+    hit = table.cache.get(id(elems))
+    if hit is not None and hit[0] is elems:
+        return hit[1]  # type: ignore[no-any-return]
+    cs = _CompiledSet(elems, table)
+    table.cache[id(elems)] = (elems, cs)
+    return cs
+
+
 def _elements(right: Any, table: Table) -> list[Any] | None:
     """The elements of a set right-hand side (anonymous or named), else None."""
     if isinstance(right, dict) and "set" in right:
@@ -208,6 +269,8 @@ def _match(pkt: Packet, m: dict[str, Any], table: Table) -> Tri:
         elif elems is not None:
             if isinstance(v, frozenset):
                 hit = any(bool(v & _flags(e)) for e in elems)
+            elif isinstance(v, int | ipaddress.IPv4Address | ipaddress.IPv6Address):
+                hit = _compiled(elems, table).contains(v)
             else:
                 hit = any(_elem_matches(v, e, table) for e in elems)
         elif isinstance(v, frozenset):
@@ -234,6 +297,56 @@ def _verdict(obj: Any) -> Action | None:
     return None
 
 
+def _getter(left: Any) -> Callable[[Packet], Any] | None:
+    """A fast accessor for the commonest left-hand sides (addresses, ports), else None."""
+    if not isinstance(left, dict) or "payload" not in left:
+        return None
+    proto, fld = left["payload"].get("protocol"), left["payload"].get("field")
+    if fld == "saddr" and proto == "ip":
+        return lambda p: ABSENT if p.v6 else p.src
+    if fld == "saddr" and proto == "ip6":
+        return lambda p: p.src if p.v6 else ABSENT
+    if fld == "dport" and proto in ("tcp", "udp"):
+        return lambda p: p.dport if p.proto == proto else ABSENT
+    if fld == "dport" and proto == "th":
+        return lambda p: p.dport
+    return None
+
+
+def _fast_match(m: dict[str, Any], table: Table) -> Callable[[Packet], Tri] | None:
+    """A compiled ==/!= match on an address or port (cached on the table), else None."""
+    key = id(m)
+    hit = table.cache.get(key)
+    if hit is not None and hit[0] is m:
+        return hit[1]  # type: ignore[no-any-return]
+    fn: Callable[[Packet], Tri] | None = None
+    op, right = m.get("op", "=="), m.get("right")
+    get = _getter(m.get("left"))
+    if get is not None and op in ("==", "!=", "in"):
+        try:
+            elems = _elements(right, table)
+        except _Unknown:
+            elems = None
+        if elems is None and not (isinstance(right, str) and right.startswith("@")):
+            elems = [right]
+        if elems is not None:
+            cs = _compiled(elems, table)
+            negated: bool = op == "!="
+
+            def fn(pkt: Packet) -> Tri:
+                v = get(pkt)
+                if v is ABSENT:
+                    return False
+                try:
+                    hit: bool = cs.contains(v)
+                    return hit != negated
+                except _Unknown as exc:
+                    return Unknown(exc.reason)
+
+    table.cache[key] = (m, fn)
+    return fn
+
+
 @dataclass
 class NftRule:
     ref: RuleRef
@@ -246,7 +359,8 @@ class NftRule:
                 return self._finish(conds, Action("unknown", f"statement {_short(stmt)}"))
             ((key, body),) = stmt.items()
             if key == "match":
-                conds.append(_match(pkt, body, table))
+                fast = _fast_match(body, table)
+                conds.append(fast(pkt) if fast is not None else _match(pkt, body, table))
                 if conds[-1] is False:
                     return None
             elif key in NOOP_STATEMENTS:
