@@ -12,6 +12,7 @@ names the rule that decides it and what to change.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -100,29 +101,35 @@ def _complement(universe: Net, holes: list[Net]) -> list[Net]:
 
 
 def other_sources(vendor: list[Net], family: int, mentioned: Iterable[Net]) -> list[Addr]:
-    """Representative sources outside the vendor's networks (the edges are what matter)."""
+    """One source per class of addresses the rules cannot tell apart, outside the vendor's.
+
+    Every network a rule names (and every vendor network) cuts the address space at its first
+    address and just after its last; addresses between two cuts are treated alike by every
+    rule, so one of each class stands for all of them. The private ranges come first.
+    """
+    top = 2 ** (32 if family == 4 else 128)
+    make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
     mine = [n for n in vendor if n.version == family]
+    universe = [ipaddress.ip_network(u) for u in UNIVERSE[family]]
+    cuts = {0, top}
+    for n in [*mine, *universe, *(BAD_V4 if family == 4 else []), *mentioned]:
+        if n.version == family:
+            cuts |= {int(n.network_address), int(n.broadcast_address) + 1}
+    starts = sorted(cuts)
 
-    def inside(a: Addr) -> bool:
-        return any(a in n for n in mine)
+    def wanted(a: Addr) -> bool:
+        return (
+            _usable(a)
+            and not any(a in n for n in mine)
+            and (family == 4 or any(a in u for u in universe))
+        )
 
-    cands: list[Addr] = [ipaddress.ip_address(a) for a in PRIVATE[family]]
-    for n in mine:  # just outside each vendor network
-        if int(n.network_address) > 0:
-            cands.append(n.network_address - 1)
-        if int(n.broadcast_address) < (2 ** (32 if family == 4 else 128)) - 1:
-            cands.append(n.broadcast_address + 1)
-    for n in sorted((m for m in mentioned if m.version == family), key=str):
-        cands.extend(_reps(n))
-        if int(n.network_address) > 0:
-            cands.append(n.network_address - 1)
-        if int(n.broadcast_address) < (2 ** (32 if family == 4 else 128)) - 1:
-            cands.append(n.broadcast_address + 1)
-    for u in UNIVERSE[family]:
-        for block in _complement(ipaddress.ip_network(u), mine):
-            cands.extend(_reps(block))
-    out = [a for a in dict.fromkeys(cands) if _usable(a) and not inside(a)]
-    return out[:MAX_OTHERS]
+    out: list[Addr] = [a for a in map(ipaddress.ip_address, PRIVATE[family]) if wanted(a)]
+    for lo, nxt in itertools.pairwise(starts):
+        a = make(lo + 1 if nxt - lo > 2 else lo)
+        if wanted(a):
+            out.append(a)
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -276,6 +283,7 @@ class AccessReport:
     findings: list[Finding] = field(default_factory=list)
     checked_sources: dict[str, int] = field(default_factory=dict)
     checked_ports: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def violations(self) -> list[Finding]:
@@ -297,6 +305,7 @@ class AccessReport:
             "unknown": [f.as_dict() for f in self.unknown],
             "checked_sources": self.checked_sources,
             "checked_ports": self.checked_ports,
+            "notes": self.notes,
         }
 
 
@@ -351,6 +360,13 @@ def check_access(
     families = [f for f in target.families if target.dst is None or target.dst.version == f]
     vend = {f: vendor_sources(vendor, f) for f in families}
     others = {f: other_sources(vendor, f, mentioned) for f in families}
+    for fam in families:
+        if len(others[fam]) > MAX_OTHERS:
+            report.notes.append(
+                f"IPv{fam}: the rules cut the address space into {len(others[fam])} classes; "
+                f"{MAX_OTHERS} were checked (the first ones, private ranges first)"
+            )
+            others[fam] = others[fam][:MAX_OTHERS]
     report.checked_sources = {f"ipv{f}": len(vend[f]) + len(others[f]) for f in families}
 
     def ev(src: Addr, proto: str, port: int) -> Evaluation:
@@ -437,7 +453,7 @@ def others_summary(res: RequirementResult, checked: int) -> str:
 
 def render_text(report: AccessReport, header: list[str]) -> str:
     """The report as plain text (the bundle's access.txt; the CLI shows the same findings)."""
-    lines = [*header, ""]
+    lines = [*header, *(f"note: {n}" for n in report.notes), ""]
     checked = sum(report.checked_sources.values())
     lines.append(f"{'port':<10} {'purpose':<14} {'vendor':<20} {'others':<34} status")
     for r in report.requirements:

@@ -258,7 +258,8 @@ def test_access_report_names_rule_and_fix() -> None:
     assert ssh.rule.text == "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"
     assert "add -s 198.51.100.7/32 to it" in ssh.fix
     web = by_kind[("open-to-others", 443)]
-    assert "198.51.100.8" in web.sources and "198.51.100.6" in web.sources  # the /24 edges
+    # the vendor's /32 cuts the rule's /24 in two classes: both are found open
+    assert "198.51.100.1" in web.sources and "198.51.100.9" in web.sources
     snmp = by_kind[("vendor-blocked", 161)]
     assert snmp.rule.is_policy and "-A INPUT -s 198.51.100.7/32 -p udp --dport 161" in snmp.fix
     extra = next(f for f in report.findings if f.kind == "extra-open")
@@ -280,10 +281,17 @@ def test_access_compliant_ruleset() -> None:
 
 def test_other_sources_cover_edges_and_exclude_vendor() -> None:
     vendor = [ipaddress.ip_network("198.51.100.0/28")]
-    srcs = {str(a) for a in other_sources(vendor, 4, [ipaddress.ip_network("198.51.100.0/24")])}
-    assert {"198.51.100.16", "198.51.99.255", "10.0.0.1", "192.168.0.1"} <= srcs
-    assert not any(ipaddress.ip_address(s) in vendor[0] for s in srcs)
-    assert "127.0.0.1" not in srcs and "0.0.0.1" not in srcs
+    rule_net = ipaddress.ip_network("198.51.100.0/24")
+    found = other_sources(vendor, 4, [rule_net])
+    srcs = {str(a) for a in found}
+    # a source in every class: private, inside the rule's /24 after the vendor's /28, and
+    # on both sides of the /24
+    assert {"198.51.100.17", "10.0.0.1", "192.168.0.1"} <= srcs
+    assert any(a < rule_net.network_address for a in found)
+    assert any(a > rule_net.broadcast_address for a in found)
+    assert not any(a in vendor[0] for a in found)
+    assert not any(a.is_loopback or a.is_multicast or int(a) < 2**24 for a in found)
+    assert len(found) < 30  # one per class, not one per address
 
 
 def test_reader_errors_are_clear() -> None:
