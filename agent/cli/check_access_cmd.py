@@ -107,7 +107,7 @@ def _print(results: list[DeviceAccess]) -> None:
                 f"{req.port}/{req.protocol}",
                 req.purpose,
                 vendor_summary(r),
-                others_summary(r, checked),
+                others_summary(r, report.other_sources),
                 f"[{style[r.status]}]{r.status}[/{style[r.status]}]",
             )
         if report.requirements:

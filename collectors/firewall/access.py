@@ -237,6 +237,8 @@ def fix_for(kind: str, ref: RuleRef, port: int, proto: str, vendor: list[Net], v
             )
         if kind == "extra-open":
             return f"remove the rule (nft delete rule {where} handle {ref.handle}) or restrict it"
+        if f"{fam} saddr" in ref.text:
+            return f"narrow its '{fam} saddr' to the vendor's: {nft_set}"
         return f"restrict it to the vendor: add '{fam} saddr {nft_set}' to it"
     chain, table = ref.chain, ref.table
     t = "" if table == "filter" else f"-t {table} "
@@ -255,6 +257,8 @@ def fix_for(kind: str, ref: RuleRef, port: int, proto: str, vendor: list[Net], v
     if kind == "extra-open":
         return f"remove it ('{tool} {t}-D {chain} {ref.position}') or restrict it with -s"
     more = f" (one copy per vendor network: {', '.join(nets)})" if len(nets) > 1 else ""
+    if " -s " in f" {ref.text} " or "--src-range" in ref.text:
+        return f"narrow its source to the vendor's: -s {nets[0]}{more}"
     return f"restrict it to the vendor: add -s {nets[0]} to it{more}"
 
 
@@ -283,6 +287,7 @@ class AccessReport:
     findings: list[Finding] = field(default_factory=list)
     checked_sources: dict[str, int] = field(default_factory=dict)
     checked_ports: int = 0
+    other_sources: int = 0  # of the checked sources, those outside the vendor's networks
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -305,6 +310,7 @@ class AccessReport:
             "unknown": [f.as_dict() for f in self.unknown],
             "checked_sources": self.checked_sources,
             "checked_ports": self.checked_ports,
+            "other_sources": self.other_sources,
             "notes": self.notes,
         }
 
@@ -367,6 +373,7 @@ def check_access(
                 f"{MAX_OTHERS} were checked (the first ones, private ranges first)"
             )
             others[fam] = others[fam][:MAX_OTHERS]
+    report.other_sources = sum(len(others[f]) for f in families)
     report.checked_sources = {f"ipv{f}": len(vend[f]) + len(others[f]) for f in families}
 
     def ev(src: Addr, proto: str, port: int) -> Evaluation:
@@ -460,7 +467,7 @@ def render_text(report: AccessReport, header: list[str]) -> str:
         req = r.requirement
         lines.append(
             f"{f'{req.port}/{req.protocol}':<10} {req.purpose[:14]:<14} {vendor_summary(r):<20} "
-            f"{others_summary(r, checked):<34} {r.status}"
+            f"{others_summary(r, report.other_sources):<34} {r.status}"
         )
     if not report.requirements:
         lines.append("(the KB lists no remote_access ports)")

@@ -260,6 +260,7 @@ def test_access_report_names_rule_and_fix() -> None:
     web = by_kind[("open-to-others", 443)]
     # the vendor's /32 cuts the rule's /24 in two classes: both are found open
     assert "198.51.100.1" in web.sources and "198.51.100.9" in web.sources
+    assert web.fix == "narrow its source to the vendor's: -s 198.51.100.7/32"
     snmp = by_kind[("vendor-blocked", 161)]
     assert snmp.rule.is_policy and "-A INPUT -s 198.51.100.7/32 -p udp --dport 161" in snmp.fix
     extra = next(f for f in report.findings if f.kind == "extra-open")
