@@ -69,17 +69,16 @@ def target_for(settings: Settings, device: Device) -> Target:
 
 
 def device_access_info(settings: Settings, device: Device) -> dict[str, Any]:
-    """What the ``access.check`` collector needs, JSON-able (no secrets)."""
+    """What the ``access.check`` collector needs, JSON-able (no secrets, no DNS lookup:
+    ``dst`` is the device's address as configured, None for the agent host itself)."""
     where, host = firewall_location(settings, device)
-    target = target_for(settings, device)
     return {
         "support_ips": [str(n) for n in settings.vendor.support_ips],
         "firewall": where if where != "gateway" else f"gateway:{host.name if host else ''}",
         "firewall_kind": device.firewall_kind,
         "interface": device.firewall_interface,
-        "dst": str(target.dst) if target.dst else None,
-        "hook": target.hook,
-        "families": list(target.families),
+        "dst": None if device.is_local else device.address,
+        "hook": "forward" if where == "gateway" else "input",
     }
 
 

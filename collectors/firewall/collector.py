@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from typing import Any
 
 from pydantic import Field
@@ -29,6 +30,20 @@ from collectors.base import (
 from collectors.firewall.access import Requirement, Target, check_access, render_text
 from collectors.firewall.model import FirewallError, FirewallPermissionError
 from collectors.firewall.reader import local_runner, read_ruleset, ssh_runner
+
+
+def _resolve(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The device address as an IP (None: the agent host itself, or it does not resolve)."""
+    if not address:
+        return None
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.getaddrinfo(address, None)[0][4][0])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class AccessCheckOptions(Options):
@@ -77,12 +92,12 @@ class AccessCheck(Collector):
             Requirement(r["port"], r.get("protocol", "tcp"), r.get("purpose", ""))
             for r in device.kb.get("remote_access") or []
         ]
-        dst = info.get("dst")
+        dst = _resolve(info.get("dst"))
         target = Target(
-            dst=ipaddress.ip_address(dst) if dst else None,
+            dst=dst,
             hook=info.get("hook", "input"),
             iif=info.get("interface"),
-            families=tuple(info.get("families", (4, 6))),
+            families=(dst.version,) if dst is not None else (4, 6),
         )
         budget = min(options.budget, max(ctx.remaining() - 5.0, 1.0))
         report = check_access(ruleset, reqs, vendor, target, options.extra_ports, budget)

@@ -194,6 +194,10 @@ def test_bad_firewall_setting_is_a_config_error(cli: Cli) -> None:
     proc = cli.run("check-access")
     assert proc.returncode == 2
     assert "devices[0].firewall" in proc.stderr and "'gw9'" in proc.stderr
+    site(cli, LOCAL_DEVICE.replace('firewall = "local"', 'firewall = "ssh"'))
+    proc = cli.run("check-access")
+    assert proc.returncode == 2
+    assert '"ssh" needs ssh settings for device box' in proc.stderr
 
 
 def test_gateway_forward_path(bed: NetnsBed, cli: Cli) -> None:
