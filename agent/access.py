@@ -65,7 +65,13 @@ def target_for(settings: Settings, device: Device) -> Target:
     dst = device_address(device)
     hook: Hook = "forward" if where == "gateway" else "input"
     families = (dst.version,) if dst is not None else (4, 6)
-    return Target(dst=dst, hook=hook, iif=device.firewall_interface, families=families)
+    return Target(
+        dst=dst,
+        hook=hook,
+        iif=device.firewall_interface,
+        families=families,
+        oif=device.firewall_out_interface if hook == "forward" else None,
+    )
 
 
 def device_access_info(settings: Settings, device: Device) -> dict[str, Any]:
@@ -117,6 +123,7 @@ class DeviceAccess:
                 "path": self.target.hook,
                 "destination": str(self.target.dst) if self.target.dst else None,
                 "interface": self.target.iif,
+                "out_interface": self.target.oif,
                 "read": self.ruleset.sources if self.ruleset else [],
             },
             "notes": self.notes,

@@ -214,6 +214,7 @@ class Device(Model):
     firewall: str | None = None
     firewall_kind: Literal["auto", "nftables", "iptables"] = "auto"
     firewall_interface: str | None = None  # input interface the vendor's traffic arrives on
+    firewall_out_interface: str | None = None  # gateway only: its interface towards the device
     _jump_device: Device | None = PrivateAttr(default=None)  # linked by Settings
 
     @property

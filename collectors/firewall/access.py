@@ -62,6 +62,7 @@ class Target:
     hook: Hook = "input"
     iif: str | None = None
     families: tuple[int, ...] = (4, 6)
+    oif: str | None = None
 
 
 def _usable(a: Addr) -> bool:
@@ -377,7 +378,15 @@ def check_access(
     report.checked_sources = {f"ipv{f}": len(vend[f]) + len(others[f]) for f in families}
 
     def ev(src: Addr, proto: str, port: int) -> Evaluation:
-        pkt = Packet(src, proto, port, dst=target.dst, iif=target.iif, hook=target.hook)  # type: ignore[arg-type]
+        pkt = Packet(
+            src,
+            proto,  # type: ignore[arg-type]
+            port,
+            dst=target.dst,
+            iif=target.iif,
+            oif=target.oif,
+            hook=target.hook,
+        )
         return evaluate(ruleset, pkt)
 
     required = {(r.port, r.protocol) for r in requirements}

@@ -299,7 +299,11 @@ def parse_rule(line: str, table: Table, source: str, position: int) -> tuple[str
             pred = lambda pkt, n=name: iface_matches(n, pkt.iif, "+")  # noqa: E731
         elif opt in ("-o", "--out-interface"):
             name = tok.next(opt)
-            pred = lambda pkt, n=name: Unknown(f"matches output interface {n!r}")  # noqa: E731
+            pred = lambda pkt, n=name: (  # noqa: E731
+                iface_matches(n, pkt.oif, "+", out=True)
+                if pkt.hook == "forward"
+                else Unknown(f"matches output interface {n!r} on the input path")
+            )
         elif opt in ("-f", "--fragment"):
             pred = lambda pkt: False  # noqa: E731  (a connection's first packet is no fragment)
         elif opt in ("-c", "--set-counters"):

@@ -56,6 +56,7 @@ class Packet:
     dst: Addr | None = None
     sport: int | None = None
     iif: str | None = None
+    oif: str | None = None  # forward path only: the interface towards the device
     ct_state: Literal["new", "established"] = "new"
     hook: Hook = "input"
 
@@ -349,14 +350,16 @@ def parse_net(text: str) -> Net:
     return ipaddress.ip_network(text, strict=False)
 
 
-def iface_matches(pattern: str, iif: str | None, wildcard: str) -> Tri:
+def iface_matches(pattern: str, iif: str | None, wildcard: str, out: bool = False) -> Tri:
     """Interface name match; ``wildcard`` is "+" (iptables) or "*" (nft) at the end."""
     if iif is None:
         if pattern == "lo":
-            return False  # traffic from a remote source never arrives on loopback
+            return False  # traffic between a remote source and a device never uses loopback
+        which = "output" if out else "input"
+        setting = "firewall_out_interface" if out else "firewall_interface"
         return Unknown(
-            f"matches input interface {pattern!r} and the packet's interface is unknown "
-            "(set firewall_interface for the device)"
+            f"matches {which} interface {pattern!r} and the packet's {which} interface is "
+            f"unknown (set {setting} for the device)"
         )
     if pattern.endswith(wildcard):
         return iif.startswith(pattern[:-1])

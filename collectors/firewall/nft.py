@@ -87,6 +87,8 @@ def _value(pkt: Packet, expr: Any) -> Any:
             return "ip6" if pkt.v6 else "ip"
         if key in ("iif", "iifname"):
             return ("iface", pkt.iif)
+        if key in ("oif", "oifname") and pkt.hook == "forward":
+            return ("oface", pkt.oif)
         raise _Unknown(f"meta {key} is not modelled")
     if kind == "ct":
         key = body.get("key")
@@ -134,10 +136,10 @@ def _elem_matches(v: Any, elem: Any, table: Table) -> bool:
     """Does packet value ``v`` match one element (value, prefix, range, concat)?"""
     if isinstance(elem, dict) and "elem" in elem:
         elem = elem["elem"].get("val")
-    if isinstance(v, tuple) and len(v) == 2 and v[0] == "iface":
+    if isinstance(v, tuple) and len(v) == 2 and v[0] in ("iface", "oface"):
         if not isinstance(elem, str):
             raise _Unknown(f"interface value {_short(elem)} is not modelled")
-        r = iface_matches(elem, v[1], "*")
+        r = iface_matches(elem, v[1], "*", out=v[0] == "oface")
         if isinstance(r, Unknown):
             raise _Unknown(r.reason)
         return r

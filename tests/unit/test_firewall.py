@@ -307,3 +307,20 @@ def test_reader_errors_are_clear() -> None:
 
     with pytest.raises(FirewallError, match=r"permission denied.*root"):
         read_ruleset(denied, "nftables", where="gw1")
+
+
+def test_forward_path_with_interfaces() -> None:
+    rs = ipt(
+        "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n"
+        "-A FORWARD -i wan0 -o lan+ -s 198.51.100.7/32 -d 10.1.2.3/32 -p tcp -m tcp --dport 22 "
+        "-j ACCEPT\nCOMMIT\n"
+    )
+    dst = ipaddress.ip_address("10.1.2.3")
+    fwd = {"dst": dst, "hook": "forward"}
+    ok = evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", oif="lan1", **fwd))
+    assert ok.verdict == "accept" and ok.decision.rule.chain == "FORWARD"
+    assert evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", oif="dmz0", **fwd)).verdict == "drop"
+    undecided = evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", **fwd))
+    assert undecided.verdict == "unknown" and "firewall_out_interface" in undecided.decision.reason
+    # the INPUT chain is not on the forward path
+    assert evaluate(rs, pkt("198.51.100.7", 22, dst=dst)).verdict == "drop"
