@@ -203,8 +203,26 @@ def scan_order(mentioned: Iterable[int]) -> list[tuple[str, int]]:
     return list(dict.fromkeys(out))
 
 
-def fix_for(kind: str, ref: RuleRef, port: int, proto: str, vendor: list[Net], v6: bool) -> str:
+def fix_for(
+    kind: str, ref: RuleRef, port: int, proto: str, vendor: list[Net], v6: bool, reply: bool = False
+) -> str:
     """What to change so the finding goes away, in the syntax of the ruleset at fault."""
+    if reply and kind == "vendor-blocked":
+        where = f"{ref.family} {ref.table} {ref.chain}" if ref.is_nft else ref.chain
+        if ref.is_nft:
+            pos = f" position {ref.handle}" if ref.handle is not None and not ref.is_policy else ""
+            verb = "insert" if pos else "add"
+            return (
+                f"let the answers out: 'nft {verb} rule {where}{pos} ct state "
+                "established,related accept'"
+            )
+        tool = "ip6tables" if v6 else "iptables"
+        t = "" if ref.table == "filter" else f"-t {ref.table} "
+        pos = "" if ref.is_policy else f" {ref.position}"
+        return (
+            f"let the answers out: '{tool} {t}-I {where}{pos} -m conntrack --ctstate "
+            "ESTABLISHED,RELATED -j ACCEPT'"
+        )
     nets = [str(n) for n in vendor if (n.version == 6) == v6] or ["<vendor network>"]
     nft_set = nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
     fam = _fam_kw(ref, v6)
@@ -325,6 +343,8 @@ class _Collector:
 
     def add(self, kind: str, ev: Evaluation) -> None:
         pkt, ref = ev.packet, ev.decision.rule
+        assert pkt.dport is not None
+        reply = ev.decision.reason.startswith("the reply")
         port = 0 if kind in ("extra-open", "unknown") else pkt.dport
         key = (kind, port, pkt.proto, ref.label() + ref.source)
         f = self.by_key.get(key)
@@ -337,7 +357,7 @@ class _Collector:
                 reason=ev.decision.reason,
                 fix=""
                 if kind == "unknown"
-                else fix_for(kind, ref, pkt.dport, pkt.proto, self.vendor, pkt.v6),
+                else fix_for(kind, ref, pkt.dport, pkt.proto, self.vendor, pkt.v6, reply),
             )
             self.by_key[key] = f
         if str(pkt.src) not in f.sources:

@@ -34,12 +34,14 @@ Pred = Callable[[Packet], Tri]
 
 # table -> builtin chain -> (hook, priority) on the paths fieldtrace models
 HOOKS: dict[str, dict[str, tuple[str, int]]] = {
-    "raw": {"PREROUTING": ("prerouting", -300)},
+    "raw": {"PREROUTING": ("prerouting", -300), "OUTPUT": ("output", -300)},
     "mangle": {"PREROUTING": ("prerouting", -150), "INPUT": ("input", -150),
-               "FORWARD": ("forward", -150)},
-    "nat": {"PREROUTING": ("prerouting", -100), "INPUT": ("input", 100)},
-    "filter": {"INPUT": ("input", 0), "FORWARD": ("forward", 0)},
-    "security": {"INPUT": ("input", 50), "FORWARD": ("forward", 50)},
+               "FORWARD": ("forward", -150), "OUTPUT": ("output", -150),
+               "POSTROUTING": ("postrouting", -150)},
+    "nat": {"PREROUTING": ("prerouting", -100), "INPUT": ("input", 100),
+            "OUTPUT": ("output", -100), "POSTROUTING": ("postrouting", 100)},
+    "filter": {"INPUT": ("input", 0), "FORWARD": ("forward", 0), "OUTPUT": ("output", 0)},
+    "security": {"INPUT": ("input", 50), "FORWARD": ("forward", 50), "OUTPUT": ("output", 50)},
 }  # fmt: skip
 BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
@@ -81,6 +83,8 @@ class IptRule:
             return Action("goto", t)
         if t in ("ACCEPT", "DROP", "RETURN"):
             return Action(t.lower())  # type: ignore[arg-type]
+        if t in ("SNAT", "MASQUERADE") and table.name == "nat":
+            return Action("accept")  # source NAT rewrites, it does not filter  # type: ignore[arg-type]
         if t == "REJECT":
             return Action("reject", " ".join(self.target_opts))
         if t in table.chains:
@@ -116,7 +120,7 @@ def _addr_pred(value: str, field_name: str, table: Table) -> Pred:
     def pred(pkt: Packet) -> Tri:
         addr = pkt.src if field_name == "src" else pkt.dst
         if addr is None:
-            return Unknown(f"matches the destination address {value} and it is unknown")
+            return Unknown(f"matches the {field_name} address {value} and it is unknown")
         return any(addr in n for n in nets)
 
     return pred
@@ -148,6 +152,14 @@ def _port_spec(text: str, table: Table) -> list[tuple[int, int]]:
 
 def _ports_pred(ranges: list[tuple[int, int]], which: str) -> Pred:
     def pred(pkt: Packet) -> Tri:
+        if pkt.dport is None:  # a reply: its destination is the client's port
+            if which == "dport" or pkt.sport is None:
+                return Unknown("matches the destination port of a reply (the client's port)")
+            if any(lo <= pkt.sport <= hi for lo, hi in ranges):
+                return True
+            if which == "either":
+                return Unknown("matches the destination port of a reply (the client's port)")
+            return False
         if which == "sport":
             if pkt.sport is None:
                 return Unknown("matches the source port and it is unknown")
@@ -225,14 +237,10 @@ def _addrtype(value: str, which: str) -> Pred:
     types = {t.upper() for t in value.split(",")}
 
     def pred(pkt: Packet) -> Tri:
-        if which == "src":
-            # a remote unicast source
-            if types <= {"UNICAST", "LOCAL", "BROADCAST", "MULTICAST", "ANYCAST"}:
-                return "UNICAST" in types
-        else:
-            actual = {"LOCAL", "UNICAST"} if pkt.hook == "input" else {"UNICAST"}
-            if types <= {"UNICAST", "LOCAL", "BROADCAST", "MULTICAST", "ANYCAST"}:
-                return bool(types & actual)
+        local = pkt.hook == ("output" if which == "src" else "input")
+        actual = {"LOCAL", "UNICAST"} if local else {"UNICAST"}
+        if types <= {"UNICAST", "LOCAL", "BROADCAST", "MULTICAST", "ANYCAST"}:
+            return bool(types & actual)
         return Unknown(f"address type {value} is not modelled")
 
     return pred

@@ -25,11 +25,18 @@ from typing import Any, Literal, Protocol
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 Proto = Literal["tcp", "udp"]
-Hook = Literal["input", "forward"]
+Hook = Literal["input", "forward", "output"]
 Verdict = Literal["accept", "drop", "reject", "unknown"]
 
 TCP_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr")
-HOOK_ORDER = {"ingress": 0, "prerouting": 1, "input": 2, "forward": 2}
+HOOK_ORDER = {"ingress": 0, "prerouting": 1, "input": 2, "forward": 2, "output": 2,
+              "postrouting": 3}  # fmt: skip
+# the hooks a packet meets: to the host, through it (gateway), and the host's own replies
+PATHS = {
+    "input": ("ingress", "prerouting", "input"),
+    "forward": ("ingress", "prerouting", "forward", "postrouting"),
+    "output": ("output", "postrouting"),
+}
 MAX_DEPTH = 64
 
 
@@ -50,9 +57,9 @@ class Packet:
     source.
     """
 
-    src: Addr
+    src: Addr | None
     proto: Proto
-    dport: int
+    dport: int | None
     dst: Addr | None = None
     sport: int | None = None
     iif: str | None = None
@@ -62,7 +69,22 @@ class Packet:
 
     @property
     def v6(self) -> bool:
-        return self.src.version == 6
+        addr = self.src if self.src is not None else self.dst
+        return addr is not None and addr.version == 6
+
+    def reply(self) -> Packet:
+        """The answer to this packet (SYN-ACK, UDP reply): the other way, established."""
+        return Packet(
+            src=self.dst,
+            proto=self.proto,
+            dport=self.sport,
+            dst=self.src,
+            sport=self.dport,
+            iif=self.oif,
+            oif=self.iif,
+            ct_state="established",
+            hook="forward" if self.hook == "forward" else "output",
+        )
 
     @property
     def tcp_flags(self) -> frozenset[str]:
@@ -72,7 +94,8 @@ class Packet:
 
     def describe(self) -> str:
         where = f" on {self.iif}" if self.iif else ""
-        return f"{self.dport}/{self.proto} from {self.src}{where}"
+        port = self.dport if self.dport is not None else "(client port)"
+        return f"{port}/{self.proto} from {self.src or 'this host'}{where}"
 
 
 @dataclass(frozen=True)
@@ -264,7 +287,7 @@ class Ruleset:
         return set().union(*(t.networks for t in self.tables)) if self.tables else set()
 
     def base_chains(self, pkt: Packet) -> list[tuple[Table, Chain]]:
-        hooks = ("ingress", "prerouting", pkt.hook)
+        hooks = PATHS[pkt.hook]
         found = [
             (t, c)
             for t in self.tables
@@ -320,8 +343,28 @@ def evaluate_chain(table: Table, chain: Chain, pkt: Packet) -> Decision:
     return Decision(policy, table.policy_ref(chain), "", tuple(path))
 
 
-def evaluate(ruleset: Ruleset, pkt: Packet) -> Evaluation:
-    """Whether ``pkt`` is accepted by every base chain on its path, and which rule decided."""
+def evaluate(ruleset: Ruleset, pkt: Packet, reply: bool = True) -> Evaluation:
+    """Whether ``pkt`` gets through, and which rule decided.
+
+    The packet must be accepted by every base chain on its path, and (``reply``) its answer
+    by every chain on the way back (OUTPUT for the host's own answers, FORWARD through a
+    gateway): a connection whose SYN-ACK is dropped fails like a dropped SYN (a timeout).
+    """
+    ev = _evaluate_path(ruleset, pkt)
+    if not reply or ev.verdict != "accept":
+        return ev
+    back = _evaluate_path(ruleset, pkt.reply())
+    chains = ev.chains + back.chains
+    if back.verdict == "accept":
+        return Evaluation(pkt, "accept", ev.decision, chains)
+    d = back.decision
+    reason = f"the reply ({pkt.reply().describe()}) is {back.verdict}"
+    reason += f": {d.reason}" if d.reason else ""
+    verdict: Verdict = "unknown" if back.verdict == "unknown" else "drop"
+    return Evaluation(pkt, verdict, Decision(verdict, d.rule, reason, d.path), chains)
+
+
+def _evaluate_path(ruleset: Ruleset, pkt: Packet) -> Evaluation:
     decisions: list[Decision] = []
     first_unknown: Decision | None = None
     for table, chain in ruleset.base_chains(pkt):

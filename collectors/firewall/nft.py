@@ -58,6 +58,8 @@ def _value(pkt: Packet, expr: Any) -> Any:
             if (proto == "ip6") != pkt.v6:
                 return ABSENT
             if fld == "saddr":
+                if pkt.src is None:
+                    raise _Unknown("matches the source address of this host's reply")
                 return pkt.src
             if fld == "daddr":
                 if pkt.dst is None:
@@ -69,6 +71,8 @@ def _value(pkt: Packet, expr: Any) -> Any:
             if proto != "th" and proto != pkt.proto:
                 return ABSENT
             if fld == "dport":
+                if pkt.dport is None:
+                    raise _Unknown("matches the destination port of a reply (the client's port)")
                 return pkt.dport
             if fld == "sport":
                 if pkt.sport is None:
@@ -339,6 +343,8 @@ def _fast_match(m: dict[str, Any], table: Table) -> Callable[[Packet], Tri] | No
                 v = get(pkt)
                 if v is ABSENT:
                     return False
+                if v is None:
+                    return Unknown("matches an address or port this packet does not know")
                 try:
                     hit: bool = cs.contains(v)
                     return hit != negated
@@ -387,6 +393,8 @@ class NftRule:
                 if (rtype == "icmp" and pkt.v6) or (rtype == "icmpv6" and not pkt.v6):
                     return None
                 return self._finish(conds, Action("reject", _short(body)))
+            elif key in ("snat", "masquerade"):
+                return self._finish(conds, Action("accept"))  # rewrites the source only
             elif key == "vmap":
                 return self._vmap(pkt, body, table, conds)
             elif (v := _verdict(stmt)) is not None:

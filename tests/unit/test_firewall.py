@@ -309,16 +309,35 @@ def test_reader_errors_are_clear() -> None:
         read_ruleset(denied, "nftables", where="gw1")
 
 
+FORWARD = (
+    "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n"
+    "-A FORWARD -i wan0 -o lan+ -s 198.51.100.7/32 -d 10.1.2.3/32 -p tcp -m tcp --dport 22 "
+    "-j ACCEPT\nCOMMIT\n"
+)
+
+
+def test_forward_path_needs_the_reply_too() -> None:
+    dst = ipaddress.ip_address("10.1.2.3")
+    ev = evaluate(ipt(FORWARD), pkt("198.51.100.7", 22, dst=dst, iif="wan0", oif="lan1",
+                                    hook="forward"))  # fmt: skip
+    # the SYN passes, the SYN-ACK meets the FORWARD policy: a timeout for the client
+    assert ev.verdict == "drop" and ev.decision.rule.is_policy
+    assert ev.decision.reason.startswith("the reply (")
+    report = check_access(
+        ipt(FORWARD), [Requirement(22)], [ipaddress.ip_network("198.51.100.7/32")],
+        Target(dst=dst, hook="forward", iif="wan0", oif="lan1", families=(4,)),
+    )  # fmt: skip
+    (blocked,) = [f for f in report.findings if f.kind == "vendor-blocked"]
+    assert "--ctstate ESTABLISHED,RELATED -j ACCEPT" in blocked.fix
+
+
 def test_forward_path_with_interfaces() -> None:
-    rs = ipt(
-        "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n"
-        "-A FORWARD -i wan0 -o lan+ -s 198.51.100.7/32 -d 10.1.2.3/32 -p tcp -m tcp --dport 22 "
-        "-j ACCEPT\nCOMMIT\n"
-    )
+    rs = ipt(FORWARD.replace(":FORWARD DROP [0:0]\n", ":FORWARD DROP [0:0]\n"
+             "-A FORWARD -m conntrack --ctstate ESTABLISHED -j ACCEPT\n"))  # fmt: skip
     dst = ipaddress.ip_address("10.1.2.3")
     fwd = {"dst": dst, "hook": "forward"}
     ok = evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", oif="lan1", **fwd))
-    assert ok.verdict == "accept" and ok.decision.rule.chain == "FORWARD"
+    assert ok.verdict == "accept" and ok.decision.rule.position == 2
     assert evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", oif="dmz0", **fwd)).verdict == "drop"
     undecided = evaluate(rs, pkt("198.51.100.7", 22, iif="wan0", **fwd))
     assert undecided.verdict == "unknown" and "firewall_out_interface" in undecided.decision.reason
