@@ -99,11 +99,25 @@ class NetnsBed:
     def exec_argv(self, role: str, argv: list[str]) -> list[str]:
         return [IP, "netns", "exec", self.ns[role], *argv]
 
-    def listen(self) -> None:
-        addrs = [a for v in DEVICE_ADDRS.values() for a in v]
+    def route(self) -> None:
+        """Make the device a router between vendor and other (for FORWARD tests)."""
+        sysctl = ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]
+        proc = subprocess.run(self.exec_argv("device", sysctl), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        for role, peer in (("vendor", "other"), ("other", "vendor")):
+            gw = DEVICE_ADDRS[LINK[role]]
+            batch = []
+            for net, via in (("203.0.113.0/24" if peer == "other" else "198.51.100.0/24", gw[0]),
+                             ("2001:db8:2::/64" if peer == "other" else "2001:db8:1::/64",
+                              gw[-1])):  # fmt: skip
+                batch.append(f"route add {net} via {via}")
+            ip("-n", self.ns[role], "-batch", "-", stdin="\n".join(batch) + "\n")
+
+    def listen(self, role: str = "device", addrs: list[str] | None = None) -> None:
+        addrs = addrs or [a for v in DEVICE_ADDRS.values() for a in v]
         self.listener = subprocess.Popen(
             self.exec_argv(
-                "device",
+                role,
                 [
                     sys.executable,
                     str(PEER),

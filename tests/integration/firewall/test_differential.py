@@ -29,6 +29,8 @@ from tests.integration.firewall.netns import (
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "firewall" / "corpus"
 CASES = sorted(p for p in CORPUS.iterdir() if p.suffix in (".rules", ".nft"))
+FORWARD_CASES = sorted(p for p in (CORPUS / "forward").iterdir() if p.suffix in (".rules", ".nft"))
+BEHIND = ["203.0.113.9", "2001:db8:2::9"]  # the device behind the gateway (the "other" ns)
 PROBE_TIMEOUT = 1.5
 SECTION = re.compile(r"^#@\s*(nft|iptables|ip6tables|iptables-legacy|ip6tables-legacy)\s*$")
 
@@ -85,6 +87,51 @@ def run_case(path: Path) -> list[str]:
         return problems
     finally:
         bed.close()
+
+
+def run_forward_case(path: Path) -> list[str]:
+    """The device namespace as a gateway: vendor sources -> the host behind it (FORWARD)."""
+    bed = NetnsBed()
+    try:
+        bed.up()
+        bed.route()
+        bed.listen("other", BEHIND)
+        for tool, text in sections(path):
+            bed.load(tool, text)
+        ruleset = read_ruleset(bed.runner(), where=f"namespace {bed.ns['device']}")
+        tries = [
+            (src, next(b for b in BEHIND if (":" in b) == (":" in src)), proto, port)
+            for src in SOURCES["vendor"]
+            for proto, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS))
+            for port in ports
+        ]
+        kernel = bed.probe("vendor", tries, PROBE_TIMEOUT)
+        problems, seen_verdicts = [], set()
+        for (src, dst, proto, port), seen in zip(tries, kernel, strict=True):
+            pkt = Packet(
+                ipaddress.ip_address(src), proto, port,  # type: ignore[arg-type]
+                dst=ipaddress.ip_address(dst), iif="vnd0", oif="oth0", hook="forward",
+            )  # fmt: skip
+            ev = evaluate(ruleset, pkt)
+            seen_verdicts.add(seen)
+            if ev.verdict != seen:
+                problems.append(
+                    f"forward/{path.name}: {proto}/{port} {src} -> {dst}: kernel {seen}, "
+                    f"evaluator {ev.verdict} by {ev.decision.rule.describe()} {ev.decision.reason}"
+                )
+        if len(seen_verdicts) < 2:
+            problems.append(f"forward/{path.name}: every attempt gave {seen_verdicts}")
+        return problems
+    finally:
+        bed.close()
+
+
+@pytest.mark.integration
+def test_forward_path_agrees_with_the_kernel() -> None:
+    assert len(FORWARD_CASES) >= 4
+    with ThreadPoolExecutor(4) as pool:
+        problems = [p for result in pool.map(run_forward_case, FORWARD_CASES) for p in result]
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.integration
