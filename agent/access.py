@@ -78,9 +78,13 @@ def device_access_info(settings: Settings, device: Device) -> dict[str, Any]:
     """What the ``access.check`` collector needs, JSON-able (no secrets, no DNS lookup:
     ``dst`` is the device's address as configured, None for the agent host itself)."""
     where, host = firewall_location(settings, device)
+    fw = where
+    if where == "gateway" and host is not None:
+        # a gateway that is this host is read here; another device's session a step cannot use
+        fw = "local" if host.is_local and host.ssh is None else f"gateway:{host.name}"
     return {
         "support_ips": [str(n) for n in settings.vendor.support_ips],
-        "firewall": where if where != "gateway" else f"gateway:{host.name if host else ''}",
+        "firewall": fw,
         "firewall_kind": device.firewall_kind,
         "interface": device.firewall_interface,
         "dst": None if device.is_local else device.address,

@@ -4,8 +4,9 @@ The collector gets what it needs from the agent through ``device.access`` (fille
 runner from the site config: vendor support networks, where the firewall is, the path and
 destination) and ``device.kb["remote_access"]`` (the KB type's requirements); it never reads
 settings. Rules on the device itself are read over ``ctx.session("ssh")``; rules of the agent
-host locally. A gateway in front of the device is another device's session, which a step
-cannot open: that case is skipped with a pointer to ``fieldtrace check-access``.
+host locally, also when that host is the gateway in front of the device (FORWARD path). A
+gateway reached over SSH is another device's session, which a step cannot open: that case is
+skipped with a pointer to ``fieldtrace check-access``.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class IptRule:
             return None
         action = self._action(table)
         if isinstance(matched, Unknown) and action.kind != "continue":
-            return Action("unknown", matched.reason)
+            return Action("unknown", matched.reason, then=action)
         return action
 
     def _action(self, table: Table) -> Action:

@@ -150,6 +150,7 @@ class Action:
 
     kind: Literal["accept", "drop", "reject", "return", "jump", "goto", "continue", "unknown"]
     detail: str = ""
+    then: Action | None = None  # for "unknown": what the rule does if it matches
 
 
 class Unknown:
@@ -310,6 +311,8 @@ def _walk(table: Table, chain: Chain, pkt: Packet, path: list[str], depth: int) 
         if action is None or action.kind == "continue":
             continue
         kind = action.kind
+        if kind == "unknown" and _harmless(table, action.then, pkt, path, depth):
+            continue  # whether it matches or not, the packet goes on the same way
         if kind in ("accept", "drop", "reject", "unknown"):
             return Decision(kind, rule.ref, action.detail, tuple(path))
         if kind == "return":
@@ -323,6 +326,13 @@ def _walk(table: Table, chain: Chain, pkt: Packet, path: list[str], depth: int) 
         if kind == "goto" or decision is not None:
             return decision
     return None
+
+
+def _harmless(table: Table, then: Action | None, pkt: Packet, path: list[str], depth: int) -> bool:
+    """A rule we cannot decide jumps to a chain that decides nothing (logging, say)."""
+    if then is None or then.kind != "jump" or then.detail not in table.chains:
+        return False
+    return _walk(table, table.chains[then.detail], pkt, list(path), depth + 1) is None
 
 
 def evaluate_chain(table: Table, chain: Chain, pkt: Packet) -> Decision:

@@ -408,7 +408,7 @@ class NftRule:
         if matched is False:
             return None
         if isinstance(matched, Unknown) and action.kind != "continue":
-            return Action("unknown", matched.reason)
+            return Action("unknown", matched.reason, then=action)
         return action
 
     def _vmap(

@@ -343,3 +343,18 @@ def test_forward_path_with_interfaces() -> None:
     assert undecided.verdict == "unknown" and "firewall_out_interface" in undecided.decision.reason
     # the INPUT chain is not on the forward path
     assert evaluate(rs, pkt("198.51.100.7", 22, dst=dst)).verdict == "drop"
+
+
+def test_undecidable_jump_to_a_logging_chain_does_not_matter() -> None:
+    # ufw's pattern: rate-limited logging in a user chain that decides nothing
+    rs = ipt(
+        "*filter\n:INPUT DROP [0:0]\n:ufw-logging-deny - [0:0]\n:ufw-reject - [0:0]\n"
+        "-A INPUT -m limit --limit 3/min --limit-burst 10 -j ufw-logging-deny\n"
+        "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+        "-A INPUT -m limit --limit 3/min -j ufw-reject\n"
+        '-A ufw-logging-deny -j LOG --log-prefix "[UFW BLOCK] "\n'
+        "-A ufw-reject -j REJECT\nCOMMIT\n"
+    )
+    assert evaluate(rs, pkt("203.0.113.5", 22)).verdict == "accept"
+    ev = evaluate(rs, pkt("203.0.113.5", 80))  # the second limit jumps to a REJECT
+    assert ev.verdict == "unknown" and ev.decision.rule.position == 3

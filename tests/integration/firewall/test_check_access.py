@@ -232,6 +232,16 @@ def test_gateway_forward_path(bed: NetnsBed, cli: Cli) -> None:
     assert blocked["rule"]["text"] == "-A FORWARD -d 203.0.113.50/32 -j DROP"
     assert "-I FORWARD 3 -s 198.51.100.7/32 -p udp --dport 161 -j ACCEPT" in blocked["fix"]
     assert proc.returncode == 1
+    # this host is the gateway: the KB step reads it too, and the bundle carries the verdict
+    proc = run_in(bed, cli, "collect", "pbx", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    top = open_with_stock_tools(
+        Path(json.loads(proc.stdout)["bundle"]), cli.home / "identity.txt", cli.cwd / "out"
+    )
+    (step,) = json.loads((top / "manifest.json").read_text())["steps"]
+    assert step["facts"] == {"compliant": False, "violations": 1, "unknown": 0}, step
+    text = (top / "pbx" / "access" / "access.txt").read_text()
+    assert "-A FORWARD -d 203.0.113.50/32 -j DROP" in text and "161/udp" in text
 
 
 @pytest.fixture
