@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import Cli
 from tests.e2e.helpers import open_with_stock_tools
-from tests.fixtures.sshd import Sshd, running_sshd
+from tests.fixtures.sshd import Sshd, running_sshd, throwaway_user
 from tests.integration.firewall.netns import NetnsBed
 
 pytestmark = pytest.mark.integration
@@ -302,3 +302,24 @@ def test_collect_bundle_carries_the_verdict(bed: NetnsBed, cli: Cli, ns_sshd: Ss
     assert doc["compliant"] and doc["firewall"] == "ssh"
     assert "-A INPUT -s 198.51.100.7/32" in (top / "gw1/access/rules/iptables-save.txt").read_text()
     assert "result: COMPLIANT" in (top / "gw1" / "access" / "access.txt").read_text()
+
+
+def test_ssh_user_without_privileges_exit_2(cli: Cli) -> None:
+    with throwaway_user() as user, running_sshd(user=user) as server:
+        (cli.home / "known_hosts").write_text(server.known_hosts_line() + "\n")
+        key = server.client_key
+        site(
+            cli,
+            f"""
+            [[devices]]
+            name = "gw2"
+            type = "fwbox"
+            address = "127.0.0.1"
+            firewall = "ssh"
+            ssh = {{ port = {server.port}, username = "{user}", key = {{ file = "{key}" }} }}
+            """,
+        )
+        proc = cli.run("check-access", "--json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = json.loads(proc.stdout)["devices"][0]["error"]
+    assert error.startswith("gw2: ") and "permission denied" in error and "root" in error
