@@ -64,6 +64,7 @@ class _Silent:
 @dataclass(frozen=True)
 class JobRequest:
     devices: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # every device of these KB types, besides ``devices``
     profile: str | None = None
     ticket: str | None = None
     trigger: str = "cli"
@@ -155,14 +156,21 @@ def load_context(loaded: LoadedSettings) -> KnowledgeBase:
 
 
 def prepare(
-    loaded: LoadedSettings, request: JobRequest, kb: KnowledgeBase | None = None
+    loaded: LoadedSettings,
+    request: JobRequest,
+    kb: KnowledgeBase | None = None,
+    plan: Plan | None = None,
 ) -> Prepared:
-    """Validate the whole job; raises ConfigError (exit 2) before anything is touched."""
+    """Validate the whole job; raises ConfigError (exit 2) before anything is touched.
+
+    ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
+    """
     settings = loaded.settings
     kb = kb or load_context(loaded)
-    devices = select_devices(settings, list(request.devices))
-    profile = request.profile or settings.collect.default_profile
-    plan = make_plan(settings, kb, devices, profile)
+    if plan is None:
+        devices = select_devices(settings, list(request.devices), request.types)
+        profile = request.profile or settings.collect.default_profile
+        plan = make_plan(settings, kb, devices, profile)
     base = home()
     if request.output is not None:
         if request.output.exists() and not request.output.is_dir():
@@ -246,6 +254,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             settings.collect.max_parallel_devices,
             rep.step,
             prep.home,
+            prep.scrubber,
             access=functools.partial(device_access_info, settings),
         )
         rep.phase("collect", len(prep.plan.steps))
@@ -321,13 +330,20 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
 def scrub_and_hash(
     scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
 ) -> dict[str, int]:
-    """Scrub every artifact in place and record its sha256, size and scrub counts."""
+    """Scrub every artifact not scrubbed on its way in; record sha256, size, scrub counts."""
     totals: Counter[str] = Counter()
     arts = [a for res in results for a in res.artifacts]
+    todo = []
+    for art in arts:
+        if art.scrubbed_on_write or (art.binary and art.written_sha256):
+            art.sha256 = art.written_sha256
+            totals.update(art.scrubbed)
+            rep.advance(1)
+        else:
+            todo.append(art)
     try:
-        for art, (counts, digest, size) in zip(
-            arts, scrub_many(scrubber, [staging / a.path for a in arts]), strict=True
-        ):
+        paths = [staging / a.path for a in todo]
+        for art, (counts, digest, size) in zip(todo, scrub_many(scrubber, paths), strict=True):
             art.scrubbed = counts or {}
             art.sha256 = digest
             art.size = size
@@ -355,7 +371,15 @@ def build_manifest(
     for d in prep.plan.devices:
         st = [r.status for r in results if r.device == d.name]
         worst = next((s for s in ("failed", "timeout", "partial") if s in st), "ok")
-        devices.append({"name": d.name, "type": d.type, "address": d.address, "status": worst})
+        devices.append(
+            {
+                "name": d.name,
+                "type": d.type,
+                "address": d.address,
+                "status": worst,
+                "steps": dict(sorted(Counter(st).items())),
+            }
+        )
     return {
         "format": FORMAT,
         "bundle_id": bundle_id,

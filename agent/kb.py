@@ -24,7 +24,8 @@ from collectors.base import Options, parse_duration
 STEP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 TYPE_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # keys of a step that belong to the runner, not to the collector's options
-STEP_KEYS = {"id", "collector", "title", "deadline"}
+STEP_KEYS = {"id", "collector", "title", "deadline", "background", "until"}
+UNTIL = ("end-of-profile", "duration")  # when a background step stops (besides its own caps)
 
 
 class _Model(BaseModel):
@@ -48,6 +49,7 @@ class SshHints(_Model):
     on_open: list[str] = []
     failure_strings: list[str] = []
     pager: str | None = None
+    pager_answer: str = " "  # what to send at a pager prompt (ssh.shell)
 
     _check_prompt = field_validator("prompt", "pager")(_regex)
 
@@ -83,6 +85,8 @@ class Step:
     options: Options
     title: str = ""
     deadline: float | None = None
+    background: bool = False  # runs while the device's next steps run
+    until: str | None = None  # background only: "end-of-profile" (default) or "duration"
 
     def options_dict(self) -> dict[str, Any]:
         return self.options.model_dump(mode="json", exclude_defaults=True)
@@ -159,6 +163,21 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
         except ValueError as exc:
             problems.append(f"{where}.deadline: {exc}")
             ok = False
+    background, until = raw.get("background", False), raw.get("until")
+    if not isinstance(background, bool):
+        problems.append(f"{where}.background: expected true or false, got {background!r}")
+        ok = False
+    elif background and not collector.background_ok:
+        problems.append(
+            f"{where}.background: {name} cannot run in the background (only captures can)"
+        )
+        ok = False
+    if until is not None and until not in UNTIL:
+        problems.append(f"{where}.until: expected one of {', '.join(UNTIL)}, got {until!r}")
+        ok = False
+    elif until is not None and not background:
+        problems.append(f"{where}.until: only for background steps (add background: true)")
+        ok = False
     opts = {k: v for k, v in raw.items() if k not in STEP_KEYS}
     try:
         options = collector.Options.model_validate(opts)
@@ -168,7 +187,9 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
     if not ok:
         return None
     assert isinstance(step_id, str)
-    return Step(step_id, name, options, str(raw.get("title", "")), deadline)
+    if background:
+        until = until or "end-of-profile"
+    return Step(step_id, name, options, str(raw.get("title", "")), deadline, background, until)
 
 
 def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:

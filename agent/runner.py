@@ -31,6 +31,7 @@ from collectors.base import (
     StepContext,
     StepError,
     StepPartial,
+    TextScrubber,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Plan:
                 "collector": s.step.collector,
                 "options": s.step.options_dict(),
                 "deadline_s": s.deadline(),
+                "background": s.step.background,
                 "skip": s.skip_reason,
             }
             for s in self.steps
@@ -85,9 +87,12 @@ def _skip_reason(device: Device, step: Step) -> str | None:
     return None
 
 
-def select_devices(settings: Settings, names: list[str]) -> list[Device]:
+def select_devices(
+    settings: Settings, names: list[str], types: list[str] | tuple[str, ...] = ()
+) -> list[Device]:
+    """The devices named, plus every device of the KB types given; all of them if neither."""
     inventory = settings.inventory()
-    if not names:
+    if not names and not types:
         return inventory
     by_name = {d.name: d for d in inventory}
     unknown = [n for n in names if n not in by_name]
@@ -96,7 +101,15 @@ def select_devices(settings: Settings, names: list[str]) -> list[Device]:
             f"unknown device {', '.join(map(repr, unknown))} "
             f"(configured: {', '.join(sorted(by_name))}); see 'fieldtrace devices list'"
         )
-    return [by_name[n] for n in dict.fromkeys(names)]
+    present = sorted({d.type for d in inventory})
+    for t in types:
+        if t not in present:
+            raise ConfigError(
+                f"--type {t}: no configured device has KB type {t!r} "
+                f"(types in the inventory: {', '.join(present)})"
+            )
+    chosen = [by_name[n] for n in names] + [d for d in inventory if d.type in types]
+    return list({d.name: d for d in chosen}.values())
 
 
 def make_plan(settings: Settings, kb: KnowledgeBase, devices: list[Device], profile: str) -> Plan:
@@ -147,6 +160,7 @@ def _wait(futures: list[Future[None]]) -> None:
         fut.result()
 
 
+# events: "start", "progress" (live facts of a running step, e.g. packets captured), "end"
 Progress = Callable[[str, PlannedStep, StepResult | None], None]
 
 
@@ -160,11 +174,13 @@ class Runner:
         max_parallel: int = 8,
         progress: Progress | None = None,
         home: Path | None = None,
+        scrubber: TextScrubber | None = None,
         access: Callable[[Device], dict[str, Any]] | None = None,
     ) -> None:
         self.plan = plan
         self.access = access  # device -> DeviceInfo.access (agent.access.device_access_info)
         self.home = home or staging
+        self.scrubber = scrubber
         self.staging = staging
         self.max_parallel = max_parallel
         self.progress = progress or (lambda event, step, result: None)
@@ -177,10 +193,16 @@ class Runner:
 
         def device_job(device: Device) -> None:
             sessions = DeviceSessions(device, self.home)
+            background: list[tuple[int, Callable[[], StepResult]]] = []
             try:
                 for ps in self.plan.for_device(device.name):
-                    results[order[id(ps)]] = self._run_step(ps, sessions)
+                    if ps.step.background and not ps.skip_reason:
+                        background.append((order[id(ps)], self._start_background(ps, sessions)))
+                    else:
+                        results[order[id(ps)]] = self._run_step(ps, sessions)
             finally:
+                for i, stop in background:  # the device's other steps are done
+                    results[i] = stop()
                 sessions.close()
 
         workers = max(1, min(self.max_parallel, len(self.plan.devices)))
@@ -196,7 +218,36 @@ class Runner:
                 _wait(futures)
         return [results[i] for i in range(len(self.plan.steps))]
 
-    def _run_step(self, ps: PlannedStep, sessions: DeviceSessions) -> StepResult:
+    def _start_background(
+        self, ps: PlannedStep, sessions: DeviceSessions
+    ) -> Callable[[], StepResult]:
+        """Start a background step; once it records, return the call that ends it."""
+        ready, finish = threading.Event(), threading.Event()
+        box: list[StepResult] = []
+        worker = threading.Thread(
+            target=lambda: box.append(self._run_step(ps, sessions, ready, finish)),
+            name=f"bg-{ps.device.name}-{ps.step.id}",
+            daemon=True,
+        )
+        worker.start()
+        while worker.is_alive() and not ready.wait(0.05):
+            pass  # the next step starts only once the capture is recording
+
+        def stop() -> StepResult:
+            if ps.step.until != "duration":
+                finish.set()
+            worker.join()
+            return box[0]
+
+        return stop
+
+    def _run_step(
+        self,
+        ps: PlannedStep,
+        sessions: DeviceSessions,
+        ready: threading.Event | None = None,
+        finish: threading.Event | None = None,
+    ) -> StepResult:
         step = ps.step
         res = StepResult(ps.device.name, step.id, step.collector, step.options_dict())
         if ps.skip_reason:
@@ -208,11 +259,22 @@ class Runner:
             self.progress("end", ps, res)
             return res
         collector = registry.get(step.collector)
-        sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}")
+        sink = ArtifactSink(self.staging, f"{ps.device.name}/{step.id}", scrubber=self.scrubber)
         limit = ps.deadline()
         t0 = time.monotonic()
+
+        def live(facts: dict[str, Any]) -> None:
+            res.facts = facts
+            self.progress("progress", ps, res)
+
         ctx = StepContext(
-            sink=sink, deadline=t0 + limit, cancel=threading.Event(), opener=sessions.get
+            sink=sink,
+            deadline=t0 + limit,
+            cancel=threading.Event(),
+            opener=sessions.get,
+            ready=ready or threading.Event(),
+            finish=finish or threading.Event(),
+            progress=live,
         )
         info = DeviceInfo(
             ps.device.name,
@@ -264,8 +326,9 @@ class Runner:
             if self.cancel.is_set() and exc.status == "timeout":
                 res.status = "partial"
                 res.error = "interrupted by the user"
-            if isinstance(exc, StepPartial):
-                res.facts = exc.facts
+            facts = exc.facts if isinstance(exc, StepPartial) else getattr(exc, "facts", None)
+            if isinstance(facts, dict):  # what a failed step still knows (e.g. per command)
+                res.facts = facts
         else:
             log.error(
                 "bug in collector %s (%s/%s)", step.collector, ps.device.name, step.id, exc_info=exc

@@ -23,7 +23,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
+
+from collectors.base import BINARY_PROBE
 
 MASK = b"<scrubbed>"
 CHUNK = 1024 * 1024
@@ -155,14 +157,44 @@ class Scrubber:
                 ),
                 2,
             ),
+            # the same forms later in a line: "credentials username U password 7 VALUE",
+            # logged commands ("logged command:snmp-server community VALUE RO"), "... key 7 V"
+            (
+                "password",
+                re.compile(
+                    rb"((?<![\w-])(?:password|secret|community|key(?=[ \t]+[07][ \t]))"
+                    rb"(?:[ \t]+(?:[05789]|md5|sha|ascii|hex|encrypted|cipher))*[ \t]+)"
+                    rb"(?![:=])(\S+)",
+                    flags,
+                ),
+                2,
+            ),
         ]
         self._triggers = _triggers(keys)
-        self._trigger_bytes = [t.encode() for t in self._triggers]
+        self._finder: Any = None
         self._literals = sorted(
             {s.encode() for s in literals if len(s) >= 4}, key=len, reverse=True
         )
 
     # --- text -----------------------------------------------------------------------------
+
+    def stream(self) -> ScrubStream:
+        """A push-based scrubber for one artifact (what the artifact sink uses)."""
+        return ScrubStream(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_finder"] = None  # an RE2 object does not pickle; rebuilt where it is used
+        return state
+
+    def _find(self) -> Any:
+        """One RE2 scan finds every trigger word and PEM header (case-insensitive)."""
+        if self._finder is None:
+            import re2
+
+            alt = "|".join(re.escape(t) for t in self._triggers)
+            self._finder = re2.compile(f"(?i)(private key)|{alt}".encode())
+        return self._finder
 
     def scrub_bytes(self, data: bytes, counts: Counter[str] | None = None) -> bytes:
         """Scrub one chunk (whole lines); adds what it replaced to ``counts``."""
@@ -172,40 +204,41 @@ class Scrubber:
             if n:
                 data = data.replace(lit, MASK)
                 counts["value"] += n
-        lower = data.lower()
-        if b"private key" in lower:
+        starts, pem = self._trigger_lines(data)
+        if pem:
             data, n = _PEM.subn(rb"\1\n<scrubbed private key>\n\5", data)
             if n:
                 counts["private_key"] += n
-                lower = data.lower()
-        spans = self._trigger_lines(data, lower)
-        if not spans:
+                starts, _ = self._trigger_lines(data)
+        if not starts:
             return data
         out: list[bytes] = []
         pos = 0
-        for start, end in spans:
+        for start in starts:
+            end = data.find(b"\n", start)
+            end = len(data) if end == -1 else end
             out.append(data[pos:start])
             out.append(self._scrub_line(data[start:end], counts))
             pos = end
         out.append(data[pos:])
         return b"".join(out)
 
-    def _trigger_lines(self, data: bytes, lower: bytes) -> list[tuple[int, int]]:
-        starts: set[int] = set()
-        for trig in self._trigger_bytes:
-            i = lower.find(trig)
-            while i != -1:
-                ls = data.rfind(b"\n", 0, i) + 1
-                starts.add(ls)
-                le = data.find(b"\n", i)
-                if le == -1:
-                    break
-                i = lower.find(trig, le)
-        spans = []
-        for ls in sorted(starts):
-            le = data.find(b"\n", ls)
-            spans.append((ls, len(data) if le == -1 else le))
-        return spans
+    def _trigger_lines(self, data: bytes) -> tuple[list[int], bool]:
+        """Start offsets of the lines holding a trigger word; whether a PEM key shows up."""
+        starts: list[int] = []
+        pem = False
+        line_end = -1
+        for m in self._find().finditer(data):
+            if m.group(1) is not None:
+                pem = True
+            i = m.start()
+            if i <= line_end:
+                continue  # this line is already listed
+            starts.append(data.rfind(b"\n", 0, i) + 1)
+            line_end = data.find(b"\n", i)
+            if line_end == -1:
+                break
+        return starts, pem
 
     def _scrub_line(self, line: bytes, counts: Counter[str]) -> bytes:
         for rule, pattern, group in self._rules:
@@ -229,37 +262,40 @@ class Scrubber:
     def scrub_and_digest(self, path: Path) -> tuple[dict[str, int] | None, str, int]:
         """Scrub a text file in place; return (counts or None if binary, sha256, size).
 
-        The digest is computed in the same pass, of the bytes that will be packed.
+        The digest is computed in the same pass, of the bytes that will be packed. (Artifacts
+        that collectors write through the sink are scrubbed on the way in; this is for the
+        rest, such as a capture tool's own output file.)
         """
         digest = hashlib.sha256()
         size = 0
         with open(path, "rb") as src:
-            head = src.read(8192)
+            head = src.read(BINARY_PROBE)
             if b"\x00" in head:
                 digest.update(head)
-                size = len(head)
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
-                    size += len(chunk)
-                return None, digest.hexdigest(), size
+                return None, digest.hexdigest(), path.stat().st_size
             src.seek(0)
-            counts: Counter[str] = Counter()
+            stream = self.stream()
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scrub-")
             try:
                 with os.fdopen(fd, "wb") as dst:
-                    for chunk in _line_chunks(src):
-                        clean = self.scrub_bytes(chunk, counts)
+                    while True:
+                        block = src.read(CHUNK)
+                        clean = stream.feed(block) if block else stream.finish()
                         dst.write(clean)
                         digest.update(clean)
                         size += len(clean)
-                if counts:
+                        if not block:
+                            break
+                if stream.counts:
                     os.replace(tmp, path)
                 else:  # nothing replaced: keep the original file, skip the rename
                     os.unlink(tmp)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-        return {k: v for k, v in sorted(counts.items()) if v}, digest.hexdigest(), size
+        return {k: v for k, v in sorted(stream.counts.items()) if v}, digest.hexdigest(), size
 
 
 def scrub_many(
@@ -276,33 +312,48 @@ def scrub_many(
         yield from pool.map(scrubber.scrub_and_digest, paths)
 
 
-def _line_chunks(src: BinaryIO) -> Iterable[bytes]:
-    """~1 MiB pieces cut after a newline; a PEM private key block is never cut."""
-    read = src.read
-    rest = b""
-    while True:
-        block = read(CHUNK)
-        if not block:
-            if rest:
-                yield rest
-            return
-        data = rest + block
+class ScrubStream:
+    """Scrubs one text stream pushed in pieces: whole lines at a time, ~1 MiB per pass.
+
+    ``feed`` returns the scrubbed text it can release so far, ``finish`` the rest. A PEM
+    private key block is never cut (held back until its END line, up to 1 MiB); a very long
+    line without a newline is cut anyway after 4 MiB. ``counts`` holds replacements per rule.
+    """
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        self._scrubber = scrubber
+        self._pending = bytearray()
+        self.counts: Counter[str] = Counter()
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        if len(self._pending) < CHUNK:
+            return b""
+        cut = self._cut()
+        if cut == 0:
+            return b""
+        chunk = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        return self._scrubber.scrub_bytes(chunk, self.counts)
+
+    def finish(self) -> bytes:
+        chunk = bytes(self._pending)
+        self._pending.clear()
+        return self._scrubber.scrub_bytes(chunk, self.counts) if chunk else b""
+
+    def _cut(self) -> int:
+        """Where to cut the pending text: after a line, never inside a PEM key block."""
+        data = self._pending
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            if len(data) < 4 * CHUNK:
-                rest = data
-                continue
-            cut = len(data)  # a very long line: cut anyway
-        # keep an unterminated PEM private key block together with its end
+            return len(data) if len(data) >= 4 * CHUNK else 0
         begin = data.rfind(b"-----BEGIN", 0, cut)
-        if (
-            begin != -1
-            and b"PRIVATE KEY" in data[begin : begin + 64]
-            and data.find(b"-----END", begin) == -1
-        ):
-            extra = read(_PEM_MAX)
-            data += extra
+        if begin != -1 and b"PRIVATE KEY" in data[begin : begin + 64]:
             end = data.find(b"-----END", begin)
-            cut = len(data) if end == -1 else (data.find(b"\n", end) + 1 or len(data))
-        yield data[:cut]
-        rest = data[cut:]
+            if end == -1:  # wait for the end of the block, within reason
+                return cut if len(data) - begin > _PEM_MAX else 0
+            line_end = data.find(b"\n", end)
+            if line_end == -1:
+                return 0
+            cut = max(cut, line_end + 1)
+        return cut

@@ -184,10 +184,14 @@ class Snmp(Model):
     username: str | None = None
     auth_protocol: Literal["MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512"] | None = None
     auth_key: SecretRef | None = None
-    priv_protocol: Literal["DES", "AES", "AES192", "AES256"] | None = None
+    # AES192/AES256: key localization of net-snmp (draft-blumenthal); AES192C/AES256C: Cisco's
+    priv_protocol: (
+        Literal["DES", "3DES", "AES", "AES192", "AES256", "AES192C", "AES256C"] | None
+    ) = None
     priv_key: SecretRef | None = None
     timeout: Duration = 2.0
     retries: int = Field(1, ge=0, le=10)
+    context: str = ""  # SNMPv3 context name
 
     @model_validator(mode="after")
     def _credentials(self) -> Snmp:

@@ -217,6 +217,16 @@ def _jump_channel(device: Device, home: Path, timeout: float) -> tuple[Any, SshS
 
 def open_ssh(device: Device, home: Path) -> SshSession:
     """Connect, verify the host key against the site's known_hosts, authenticate."""
+    client, extra = _connect(device, home)
+    assert device.ssh is not None
+    session = SshSession(
+        device.name, client, float(device.ssh.timeout), reopen=lambda: _connect(device, home)
+    )
+    session._extra = extra
+    return session
+
+
+def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]:
     import paramiko
 
     ssh = device.ssh
@@ -297,11 +307,8 @@ def open_ssh(device: Device, home: Path) -> SshSession:
     transport = client.get_transport()
     if transport is not None:
         transport.set_keepalive(30)
-    session = SshSession(device.name, client, timeout)
-    if via is not None:
-        session._extra.append(via)
     log.info("%s: SSH connected to %s as %s", device.name, where, ssh.username)
-    return session
+    return client, [via] if via is not None else []
 
 
 def fetch_host_key(device: Device, home: Path) -> paramiko.PKey:

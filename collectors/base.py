@@ -24,11 +24,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated, Any, ClassVar, Literal
+from typing import IO, Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
@@ -140,34 +140,108 @@ class Artifact:
     truncated: bool = False
     sha256: str = ""  # set by the runner after scrubbing
     scrubbed: dict[str, int] = field(default_factory=dict)  # replacements per scrub rule
+    # what the sink saw while the collector wrote (empty when written by other means):
+    written_sha256: str = ""
+    binary: bool = False  # a NUL byte in the first 8 KiB: never scrubbed
+    scrubbed_on_write: bool = False  # text scrubbed by the sink; ``scrubbed`` holds its counts
+
+
+BINARY_PROBE = 8192  # bytes looked at to tell binary from text (a NUL among them = binary)
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._+@=-][A-Za-z0-9._+@=/-]*$")
 
 
-class CappedWriter:
-    """A binary writer that stops at ``max_bytes`` and remembers it truncated."""
+class ScrubbingStream(Protocol):
+    """Scrubs one text stream pushed in pieces (the agent's ``agent.scrub.ScrubStream``)."""
 
-    def __init__(self, sink: ArtifactSink, fh: IO[bytes], artifact: Artifact, max_bytes: int):
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class TextScrubber(Protocol):
+    def stream(self) -> ScrubbingStream: ...
+
+
+class CappedWriter:
+    """A binary writer that stops at ``max_bytes`` and remembers it truncated.
+
+    It hashes what reaches the file. With a scrubber, a text artifact (no NUL byte in its
+    first 8 KiB) is scrubbed on its way to the file, so the bundle step has nothing left to
+    do for it; the cap applies to what the collector wrote, ``artifact.size`` to the file.
+    """
+
+    def __init__(
+        self,
+        sink: ArtifactSink,
+        fh: IO[bytes],
+        artifact: Artifact,
+        max_bytes: int,
+        scrubber: TextScrubber | None = None,
+    ):
         self._sink = sink
         self._fh = fh
         self.artifact = artifact
         self.max_bytes = max_bytes
+        self._sha = hashlib.sha256()
+        self._taken = 0  # bytes accepted from the collector
+        self._stream = scrubber.stream() if scrubber is not None else None
+        self._head: bytearray | None = bytearray() if scrubber is not None else None
 
     @property
     def full(self) -> bool:
-        return self.artifact.size >= self.max_bytes
+        return self._taken >= self.max_bytes
 
     def write(self, data: bytes) -> int:
         self._sink.check_open()
-        room = self.max_bytes - self.artifact.size
+        room = self.max_bytes - self._taken
         if len(data) > room:
             data = data[: max(room, 0)]
             self.artifact.truncated = True
-        if data:
-            self._fh.write(data)
-            self.artifact.size += len(data)
+        if not data:
+            return 0
+        self._taken += len(data)
+        if self._head is not None:  # text or binary is not known yet
+            self._head += data
+            if len(self._head) >= BINARY_PROBE:
+                self._decide()
+        elif self._stream is not None:
+            self._emit(self._stream.feed(data))
+        else:
+            if self.artifact.size < BINARY_PROBE and 0 in data[: BINARY_PROBE - self.artifact.size]:
+                self.artifact.binary = True
+            self._emit(data)
         return len(data)
+
+    def _decide(self) -> None:
+        assert self._head is not None and self._stream is not None
+        head, self._head = bytes(self._head), None
+        if 0 in head[:BINARY_PROBE]:
+            self.artifact.binary = True
+            self._stream = None
+            self._emit(head)
+        else:
+            self._emit(self._stream.feed(head))
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._sink.check_open()
+            self._fh.write(data)
+            self._sha.update(data)
+            self.artifact.size += len(data)
+
+    def finish(self) -> None:
+        """Flush what a scrubber holds back and record the digest of the file."""
+        if self._head is not None:
+            self._decide()
+        if self._stream is not None:
+            self._emit(self._stream.finish())
+            self.artifact.scrubbed = {k: v for k, v in sorted(self._stream.counts.items()) if v}
+            self.artifact.scrubbed_on_write = True
+        self.artifact.written_sha256 = self._sha.hexdigest()
 
 
 class ArtifactSink:
@@ -178,8 +252,15 @@ class ArtifactSink:
     has already been hashed into the manifest.
     """
 
-    def __init__(self, root: Path, prefix: str, default_max_bytes: int = 256 * 1024**2):
+    def __init__(
+        self,
+        root: Path,
+        prefix: str,
+        default_max_bytes: int = 256 * 1024**2,
+        scrubber: TextScrubber | None = None,
+    ):
         self.root = root
+        self.scrubber = scrubber
         self.prefix = prefix.strip("/")
         self.default_max_bytes = default_max_bytes
         self.artifacts: list[Artifact] = []
@@ -213,7 +294,22 @@ class ArtifactSink:
         path, artifact = self._claim(name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb", buffering=1024 * 1024) as fh:
-            yield CappedWriter(self, fh, artifact, max_bytes or self.default_max_bytes)
+            cap = max_bytes or self.default_max_bytes
+            writer = CappedWriter(self, fh, artifact, cap, self.scrubber)
+            try:
+                yield writer
+            finally:  # what the collector wrote is kept (and scrubbed) even if it then failed
+                if not self._sealed.is_set():
+                    writer.finish()
+
+    def reserve(self, name: str) -> Path:
+        """Claim artifact ``name`` for a file another process writes (e.g. a capture tool).
+
+        The file must not exist yet and must be complete when the step returns; the runner
+        records its real size and sha256 afterwards.
+        """
+        self.check_open()
+        return self._claim(name)[0]
 
     def write_bytes(self, name: str, data: bytes, max_bytes: int | None = None) -> Artifact:
         with self.open(name, max_bytes) as w:
@@ -246,6 +342,10 @@ def _no_sessions(kind: str) -> Any:
     raise StepFailed(f"no {kind} session is available for this device")
 
 
+def _no_progress(facts: Facts) -> None:
+    pass
+
+
 @dataclass
 class StepContext:
     """Everything a collector gets besides its options.
@@ -256,12 +356,21 @@ class StepContext:
     cannot be opened it raises ``StepFailed`` with a message saying why and what to do; the
     failure is remembered, so a device that is down costs one connection timeout per job,
     not one per step.
+
+    Open-ended collectors (captures, ``Collector.background_ok``) may run in the background
+    while the device's next steps run: they set ``ready`` once they are recording (the
+    runner starts the next step only then), and stop normally, keeping what they have, when
+    the runner sets ``finish`` (the profile's other steps are done). ``progress(facts)``
+    reports live counters (shown by the CLI); it is optional and cheap.
     """
 
     sink: ArtifactSink
     deadline: float  # time.monotonic() value
     cancel: threading.Event
     opener: SessionOpener = _no_sessions
+    ready: threading.Event = field(default_factory=threading.Event)
+    finish: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[Facts], None] = _no_progress
 
     def session(self, kind: str) -> Any:
         return self.opener(kind)
@@ -285,6 +394,7 @@ class Collector:
     Options: ClassVar[type[Options]] = Options
     default_deadline: ClassVar[float] = 60.0
     summary: ClassVar[str] = ""
+    background_ok: ClassVar[bool] = False  # may run with `background: true` (see StepContext)
 
     def deadline_for(self, options: Any) -> float:
         """The step's deadline in seconds when the KB step gives none."""

@@ -6,7 +6,10 @@ from collectors.base import Collector
 from collectors.firewall.collector import AccessCheck
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
+from collectors.pcap import PcapCapture
+from collectors.snmp import SnmpGet, SnmpWalk
 from collectors.ssh import SshCapture, SshCommand, SshFile
+from collectors.ssh_shell import SshShell
 
 _COLLECTORS: dict[str, Collector] = {
     c.name: c
@@ -17,6 +20,10 @@ _COLLECTORS: dict[str, Collector] = {
         SshCommand(),
         SshFile(),
         SshCapture(),
+        SnmpGet(),
+        SnmpWalk(),
+        PcapCapture(),
+        SshShell(),
         AccessCheck(),
     )
 }

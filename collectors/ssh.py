@@ -23,6 +23,7 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,14 @@ log = logging.getLogger(__name__)
 
 STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
+MAX_RECONNECTS = 2
+SFTP_WINDOW = 8 * 1024**2
+SFTP_PACKET = 256 * 1024
 _STOP_GRACE = 2.0  # seconds between TERM, KILL and giving up on the channel
+
+
+# () -> (a connected, host-key-verified client, things to close with it)
+Reopen = Callable[[], "tuple[paramiko.SSHClient, list[Any]]"]
 
 
 @dataclass(frozen=True)
@@ -83,27 +91,58 @@ class SessionLost(StepFailed):
 class SshSession:
     """One device's SSH connection, shared by its steps in a job; thread-safe."""
 
-    def __init__(self, device_name: str, client: paramiko.SSHClient, timeout: float = 10.0):
+    def __init__(
+        self,
+        device_name: str,
+        client: paramiko.SSHClient,
+        timeout: float = 10.0,
+        reopen: Reopen | None = None,
+    ):
         self.device_name = device_name
         self.client = client
         self.timeout = timeout  # for opening channels and SFTP round trips
         self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._extra: list[Any] = []  # e.g. the jump host's session, closed with this one
+        self._reopen = reopen
+        self.reconnects = 0
 
     # --- channels ---------------------------------------------------------------------
 
     def _transport(self) -> paramiko.Transport:
-        t = self.client.get_transport()
-        if t is None or not t.is_active():
-            raise SessionLost(f"{self.device_name}: the SSH connection was lost")
-        return t
+        """The live transport; a connection that died between operations (a device's idle
+        timeout, a network blip) is re-established up to MAX_RECONNECTS times."""
+        with self._lock:
+            t = self.client.get_transport()
+            if t is not None and t.is_active():
+                return t
+            why = t.get_exception() if t is not None else None
+            lost = f"{self.device_name}: the SSH connection was lost" + (f" ({why})" if why else "")
+            if self._reopen is None or self.reconnects >= MAX_RECONNECTS:
+                raise SessionLost(lost)
+            self.reconnects += 1
+            log.warning("%s; reconnecting (%d/%d)", lost, self.reconnects, MAX_RECONNECTS)
+            self._close_quietly()
+            self.client, self._extra = self._reopen()
+            t = self.client.get_transport()
+            assert t is not None
+            return t
+
+    def _close_quietly(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        for thing in (sftp, self.client, *self._extra):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self._extra = []
 
     def _channel(self) -> paramiko.Channel:
         import paramiko
 
         try:
-            return self._transport().open_session(timeout=self.timeout)
+            return self._transport().open_session(
+                window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
+            )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SessionLost(
                 f"{self.device_name}: cannot open an SSH channel: {exc or type(exc).__name__}"
@@ -147,13 +186,14 @@ class SshSession:
     ) -> StreamResult:
         """Run ``command``, handing stdout to ``on_stdout`` as it arrives.
 
-        ``on_stdout`` returns False to stop the command (a cap was reached); it keeps being
-        called with what the command still writes while it stops, so a caller can keep a
-        final flush (tcpdump writes its last packets on SIGTERM). At ``timeout`` or when
-        ``cancel`` is set the command is stopped the same way. stderr is kept up to
-        ``stderr_max`` bytes and drained past it. ``on_stop(stderr_so_far)`` is called once
-        when stopping starts, for a caller that knows a better way to stop the command
-        (OpenSSH ignores signal requests on root logins, which have no privilege separation).
+        ``on_stdout`` returns False to stop the command (a cap was reached): it gets a TERM
+        signal and the channel is closed. At ``timeout`` or when ``cancel`` is set the
+        command gets TERM, then KILL, and ``on_stdout`` keeps being called with what it
+        still writes until it ends (tcpdump writes its last packets on SIGTERM). stderr is
+        kept up to ``stderr_max`` bytes and drained past it. ``on_stop(stderr_so_far)`` is
+        called once when stopping starts, for a caller that knows a better way to stop the
+        command (OpenSSH ignores signal requests on root logins, which have no privilege
+        separation).
         """
         chan = self._channel()
         started = time.monotonic()
@@ -195,6 +235,9 @@ class SshSession:
                         self._signal(chan, signals.pop(0))
                         if on_stop is not None:
                             on_stop(bytes(stderr))
+                        if stopped:
+                            break  # the caller has what it wants: closing the channel also
+                            # ends a command still writing (EPIPE) where signals are ignored
                 elif now - stop_at > _STOP_GRACE:
                     if not signals:
                         break  # the server ignores signals: closing the channel ends it
@@ -269,25 +312,25 @@ class SshSession:
             if self._sftp is not None and not self._sftp.sock.closed:
                 return self._sftp
             try:
-                self._sftp = self.client.open_sftp()
+                # a wide window and big packets: paramiko's cost is per packet, so this
+                # roughly doubles throughput on fast links
+                chan = self._transport().open_session(
+                    window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
+                )
+                chan.settimeout(max(self.timeout, 5.0))
+                chan.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(chan)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise SessionLost(
                     f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
                     "(is the sftp subsystem enabled on the device?)"
                 ) from exc
-            self._sftp.get_channel().settimeout(max(self.timeout, 5.0))  # type: ignore[union-attr]
             return self._sftp
 
     def close(self) -> None:
         with self._lock:
-            sftp, self._sftp = self._sftp, None
-        if sftp is not None:
-            with contextlib.suppress(Exception):
-                sftp.close()
-        self.client.close()
-        for extra in self._extra:
-            with contextlib.suppress(Exception):
-                extra.close()
+            self._reopen = None
+            self._close_quietly()
 
 
 def _session(ctx: StepContext) -> SshSession:
@@ -515,21 +558,117 @@ class SshFile(Collector):
         cap = out.max_bytes
         skip = size - cap if tail and size > cap else 0
         with sftp.open(path, "rb") as fh:
+            if not size:  # /proc-like files report size 0: plain reads up to EOF or the cap
+                while not out.full and (chunk := fh.read(min(CHUNK, cap - out.artifact.size))):
+                    ctx.check()
+                    out.write(chunk)
+                if out.full and fh.read(1):
+                    out.artifact.truncated = True
+                return
+            write: Callable[[bytes], int] = out.write
             if skip:
-                fh.seek(skip)
-                fh.prefetch(size)
-                fh.readline(64 * 1024)  # start on a whole line
                 out.artifact.truncated = True
-            elif size:
-                fh.prefetch(min(size, cap))
-            while not out.full:
-                ctx.check()
-                chunk = fh.read(min(CHUNK * 4, cap - out.artifact.size))
-                if not chunk:
-                    break
-                out.write(chunk)
-            if out.full and size > out.artifact.size:
+                write = _from_next_line(out.write)
+            sftp_read(sftp, fh, skip, min(size - skip, cap), write, ctx.check)
+            if size - skip > cap:
                 out.artifact.truncated = True
+
+
+def _from_next_line(write: Callable[[bytes], int]) -> Callable[[bytes], int]:
+    """A writer that drops bytes up to the first newline (within 64 KiB): a tail starts on
+    a whole line."""
+    state = {"dropped": 0, "found": False}
+
+    def inner(data: bytes) -> int:
+        if not state["found"]:
+            cut = data.find(b"\n")
+            if cut < 0 and state["dropped"] + len(data) < 64 * 1024:
+                state["dropped"] += len(data)
+                return 0
+            state["found"] = True
+            data = data[cut + 1 :] if cut >= 0 else data
+        return write(data)
+
+    return inner
+
+
+class _Responses:
+    """Collects the answers to our pipelined SFTP reads; paramiko's SFTPClient calls
+    ``_async_response`` for each response to a request registered with this object."""
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp = sftp
+        self.done: dict[int, bytes | BaseException] = {}
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        from paramiko.sftp import CMD_DATA, CMD_STATUS
+
+        if t == CMD_DATA:
+            self.done[num] = msg.get_string()
+        elif t == CMD_STATUS:
+            try:
+                self.sftp._convert_status(msg)  # type: ignore[attr-defined]
+                self.done[num] = b""
+            except EOFError:
+                self.done[num] = b""  # SFTP "end of file" status, not a lost connection
+            except OSError as exc:
+                self.done[num] = exc
+        else:
+            self.done[num] = OSError(f"unexpected SFTP response type {t}")
+
+
+def sftp_read(
+    sftp: paramiko.SFTPClient,
+    fh: paramiko.SFTPFile,
+    start: int,
+    length: int,
+    write: Callable[[bytes], object],
+    check: Callable[[], None],
+    request: int = 128 * 1024,
+    window: int = 64,
+) -> int:
+    """Read ``length`` bytes from ``start`` of an open remote file with up to ``window``
+    read requests in flight, handing data to ``write`` in order; returns bytes read.
+
+    paramiko's own ``prefetch`` keeps the whole rest of the file in memory and can stall
+    (see TESTBED.md), so this keeps a bounded window of requests (``window * request``
+    bytes) using SFTPClient's request/response primitives. A dropped connection raises
+    ``paramiko.SSHException``; a stalled one ``TimeoutError`` (the channel's timeout).
+    """
+    from paramiko.sftp import CMD_READ, int64
+
+    replies = _Responses(sftp)
+    ask = sftp._async_request  # type: ignore[attr-defined]
+    wait = sftp._read_response  # type: ignore[attr-defined]
+    handle = fh.handle
+    pending: deque[tuple[int, int, int]] = deque()
+    end = start + length
+    offset = start
+    got = 0
+    eof = False
+    while pending or (offset < end and not eof):
+        while not eof and len(pending) < window and offset < end:
+            n = min(request, end - offset)
+            pending.append((ask(replies, CMD_READ, handle, int64(offset), n), offset, n))
+            offset += n
+        num, at, n = pending.popleft()
+        while num not in replies.done:
+            wait()
+        data = replies.done.pop(num)
+        if isinstance(data, BaseException):
+            raise data
+        if eof:
+            continue  # answers past the end of a file that shrank
+        if not data:
+            eof = True
+            continue
+        check()
+        write(data)
+        got += len(data)
+        if len(data) < n:  # a short read: ask for the rest before anything else
+            rest = (at + len(data), n - len(data))
+            pending.appendleft((ask(replies, CMD_READ, handle, int64(rest[0]), rest[1]), *rest))
+    return got
 
 
 # --- ssh.capture ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from agent import __version__
 from agent.cli import (
     bundle_cmd,
+    capture_cmd,
     check_access_cmd,
     collect_cmd,
     config_cmd,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in (
         collect_cmd,
+        capture_cmd,
         kb_cmd,
         config_cmd,
         bundle_cmd,

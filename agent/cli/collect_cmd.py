@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.job import JobResult
-    from agent.runner import PlannedStep, StepResult
+    from agent.runner import Plan, PlannedStep, StepResult
 
 
 def register(sub: Any) -> None:
@@ -26,6 +26,22 @@ def register(sub: Any) -> None:
         metavar="DEVICE",
         help="devices to collect from (default: every configured device)",
     )
+    p.add_argument(
+        "-T",
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        dest="types",
+        help="also every device of this KB type (repeatable)",
+    )
+    p.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        dest="all_devices",
+        help="every configured device (the default when no DEVICE or --type is given)",
+    )
     p.add_argument("-p", "--profile", help="KB profile (problem type); default: 'default'")
     p.add_argument("-t", "--ticket", help="HelpDesk ticket the bundle belongs to")
     p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
@@ -40,7 +56,14 @@ def register(sub: Any) -> None:
 
 
 class Progress:
-    """A rich progress display on stderr when it is a terminal; silent otherwise."""
+    """A rich progress display on stderr when it is a terminal; silent otherwise.
+
+    One bar for the phase (collect, scrub, pack) and, while collecting, one line per device
+    with its current step and, when it is done, its status.
+    """
+
+    STYLE = {"ok": "green", "partial": "yellow", "timeout": "red", "failed": "red"}
+    RANK = {"ok": 0, "partial": 1, "timeout": 2, "failed": 3}  # as the manifest ranks them
 
     def __init__(self, enabled: bool) -> None:
         self._p: Any = None
@@ -59,6 +82,19 @@ class Progress:
             )
             self._p.start()
         self._running: dict[str, str] = {}
+        self._devices: dict[str, Any] = {}  # device name -> its task
+        self._left: dict[str, int] = {}
+        self._worst: dict[str, str] = {}
+
+    def devices(self, plan: Plan) -> None:
+        """One line per device (only when there are several)."""
+        if self._p is None or len(plan.devices) < 2:
+            return
+        for d in plan.devices:
+            n = len(plan.for_device(d.name))
+            self._left[d.name] = n
+            self._worst[d.name] = "ok"
+            self._devices[d.name] = self._p.add_task(f"  {d.name}", total=n, current="waiting")
 
     def phase(self, name: str, total: int = 0) -> None:
         if self._p is None:
@@ -72,15 +108,30 @@ class Progress:
             self._p.advance(self._task, n)
 
     def step(self, event: str, ps: PlannedStep, result: StepResult | None) -> None:
-        if self._p is None or self._task is None:
+        if self._p is None or self._task is None or event == "progress":
             return
-        key = f"{ps.device.name}/{ps.step.id}"
+        name = ps.device.name
+        key = f"{name}/{ps.step.id}"
         if event == "start":
             self._running[key] = key
         else:
             self._running.pop(key, None)
             self._p.advance(self._task, 1)
         self._p.update(self._task, current=", ".join(list(self._running)[:3]))
+        task = self._devices.get(name)
+        if task is None:
+            return
+        if event == "start":
+            self._p.update(task, current=f"{ps.step.id} ({ps.step.collector})")
+            return
+        status = result.status if result else "ok"
+        if self.RANK.get(status, 0) > self.RANK[self._worst[name]]:
+            self._worst[name] = status
+        self._left[name] -= 1
+        self._p.advance(task, 1)
+        if self._left[name] <= 0:
+            worst = self._worst[name]
+            self._p.update(task, current=f"[{self.STYLE.get(worst, 'green')}]{worst}[/]")
 
     def stop(self) -> None:
         if self._p is not None:
@@ -89,11 +140,15 @@ class Progress:
 
 def run(args: argparse.Namespace) -> int:
     from agent.cli.common import emit_json, settings
+    from agent.errors import ConfigError
     from agent.job import JobRequest, execute, prepare
 
     loaded = settings(args)
+    if args.all_devices and (args.devices or args.types):
+        raise ConfigError("--all cannot be combined with DEVICE names or --type")
     request = JobRequest(
         devices=tuple(args.devices),
+        types=tuple(args.types),
         profile=args.profile,
         ticket=args.ticket,
         output=Path(args.output) if args.output else None,
@@ -107,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             _print_plan(loaded.source, prep.plan.profile, plan)
         return 0
     progress = Progress(sys.stderr.isatty() and not args.json)
+    progress.devices(prep.plan)
     t0 = time.monotonic()
     try:
         result = execute(prep, progress)
@@ -125,6 +181,7 @@ def _print_plan(source: str, profile: str, plan: list[dict[str, Any]]) -> None:
     for s in plan:
         opts = " ".join(f"{k}={v!r}" for k, v in s["options"].items())
         skip = f"  [skipped: {s['skip']}]" if s["skip"] else ""
+        skip += "  [background]" if s.get("background") else ""
         print(
             f"  {s['device']}/{s['step']:<14} {s['collector']:<14} {opts}  "
             f"(deadline {s['deadline_s']:g}s){skip}"
@@ -145,6 +202,7 @@ def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any
         "identity": str(home / "identity.txt"),
         "signer": result.manifest["signer"],
         "delivery": None if d is None else {"outcome": d.outcome, "message": d.message},
+        "devices": result.manifest["devices"],
         "steps": [
             {"device": r.device, "id": r.step, "status": r.status, "error": r.error}
             for r in result.results
@@ -161,6 +219,10 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
     print(f"collected {s['steps']} steps from {devices} in {elapsed:.1f}s: {counts}")
     if result.interrupted:
         print("  interrupted: steps not yet run were skipped; what was collected is bundled")
+    if len(result.manifest["devices"]) > 1:
+        for dev in result.manifest["devices"]:
+            steps = ", ".join(f"{k} {v}" for k, v in dev["steps"].items())
+            print(f"  {dev['name']} ({dev['type']}): {dev['status']} ({steps})")
     for r in result.results:
         if r.status in ("failed", "timeout", "partial"):
             print(f"  {r.device}/{r.step}: {r.status}: {r.error}")

@@ -65,7 +65,13 @@ def run_show(args: argparse.Namespace) -> int:
                 "title": p.title,
                 "description": p.description,
                 "steps": [
-                    {"id": s.id, "collector": s.collector, **s.options_dict()} for s in p.steps
+                    {
+                        "id": s.id,
+                        "collector": s.collector,
+                        **({"background": True, "until": s.until} if s.background else {}),
+                        **s.options_dict(),
+                    }
+                    for s in p.steps
                 ],
             }
             for name, p in t.profiles.items()
@@ -83,7 +89,8 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"\n  profile {name}: {p.title}")
         for s in p.steps:
             opts = " ".join(f"{k}={v!r}" for k, v in s.options_dict().items())
-            print(f"    {s.id:<14} {s.collector:<14} {opts}")
+            bg = f"  [background until {s.until}]" if s.background else ""
+            print(f"    {s.id:<14} {s.collector:<14} {opts}{bg}")
     return 0
 
 

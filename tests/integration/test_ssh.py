@@ -168,6 +168,37 @@ def test_hanging_command_times_out_and_is_killed(
     assert "sleep 300" not in left  # the SSH signal request killed it on the device
 
 
+def test_open_shell_gives_an_interactive_pty(user_session: SshSession) -> None:
+    chan = user_session.open_shell(width=123, height=40, timeout=10)
+    try:
+        chan.sendall(b"stty size; echo marker-$((6*7))\n")
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"marker-42" not in seen and time.monotonic() < deadline:
+            seen += chan.recv(4096)
+        assert b"marker-42" in seen and b"40 123" in seen
+    finally:
+        chan.close()
+    # the session and its SFTP client are reused, not reopened
+    assert user_session.sftp() is user_session.sftp()
+
+
+def test_a_connection_lost_between_steps_is_reopened(tmp_path: Path) -> None:
+    with running_sshd() as server:
+        s = open_ssh(device(server), trusting_home(tmp_path, server))
+        try:
+            assert s.run("echo one", timeout=10).stdout == b"one\n"
+            for pid in server.session_pids():  # the device drops the connection
+                os.kill(pid, 9)
+            deadline = time.monotonic() + 5
+            while s._transport_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert s.run("echo two", timeout=10).stdout == b"two\n"
+            assert s.reconnects == 1
+        finally:
+            s.close()
+
+
 # --- host keys, credentials, reachability ---------------------------------------------------
 
 

@@ -126,3 +126,37 @@ def test_pem_block_across_chunk_boundary_and_binary_files(tmp_path: Path) -> Non
     binary.write_bytes(payload)
     assert Scrubber().scrub_file(binary) is None
     assert binary.read_bytes() == payload
+
+
+def test_sink_scrubs_text_on_the_way_in_and_hashes_what_it_keeps(tmp_path: Path) -> None:
+    """Text written through the sink is scrubbed as it streams (even across 1 MiB pieces and
+    with a PEM key cut into many writes); binary is left alone; digests match the files."""
+    import hashlib
+
+    from collectors.base import ArtifactSink
+
+    sink = ArtifactSink(tmp_path, "dev/step", scrubber=Scrubber())
+    pcap = b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00" + b"\x00" * 9000 + b"password = in-binary\n"
+    sink.write_bytes("trace.pcap", pcap)
+    filler = ("2026-11-25 gw1 sipd: call 1 ok\n" * 40000).encode()
+    pem = (
+        b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAsecretbody\n-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    text = filler + b"enable secret 5 $1$abc$XYZ\n" + filler[:5000] + pem + b"tail\n"
+    with sink.open("big.log") as w:
+        for i in range(0, len(text), 7):  # many small writes, PEM block split everywhere
+            w.write(text[i : i + 7])
+    sink.write_text("short.cfg", "snmp-server community s3cr3tComm RO\n")
+    by_name = {a.path.rsplit("/", 1)[1]: a for a in sink.artifacts}
+    for name, art in by_name.items():
+        data = (tmp_path / art.path).read_bytes()
+        assert art.written_sha256 == hashlib.sha256(data).hexdigest(), name
+        assert art.size == len(data)
+    assert by_name["trace.pcap"].binary and not by_name["trace.pcap"].scrubbed_on_write
+    assert (tmp_path / by_name["trace.pcap"].path).read_bytes() == pcap
+    big = (tmp_path / by_name["big.log"].path).read_bytes()
+    assert b"$1$abc$XYZ" not in big and b"AAAAsecretbody" not in big
+    assert big.endswith(b"-----END OPENSSH PRIVATE KEY-----\ntail\n")
+    assert by_name["big.log"].scrubbed == {"password": 1, "private_key": 1}
+    assert by_name["short.cfg"].scrubbed == {"community": 1}
+    assert b"s3cr3tComm" not in (tmp_path / by_name["short.cfg"].path).read_bytes()
