@@ -2,11 +2,10 @@
 
 :func:`check_access` takes a ruleset, the KB's requirements and the vendor's support
 networks, and evaluates concrete packets: from representative vendor addresses (first, middle
-and last of each network) and from representative other sources (first/middle/last of every
-block of the address space outside the vendor's networks, the neighbours of each vendor
-network, private ranges, and the edges of every network the ruleset names), to every required
-port and to every other port the ruleset mentions plus a sample of common ones. Each finding
-names the rule that decides it and what to change.
+and last of each network) and from one source per class of addresses the rules cannot tell
+apart (private ranges first), to every required port and to one port per class of ports the
+rules cannot tell apart (common service ports first), so the whole address and port space is
+covered. Each finding names the rule that decides it and what to change.
 """
 
 from __future__ import annotations
@@ -86,19 +85,6 @@ def vendor_sources(vendor: Iterable[Net], family: int) -> list[Addr]:
         if net.version == family:
             out.extend(a for a in _reps(net) if _usable(a))
     return list(dict.fromkeys(out))
-
-
-def _complement(universe: Net, holes: list[Net]) -> list[Net]:
-    blocks = [universe]
-    for hole in holes:
-        nxt: list[Net] = []
-        for b in blocks:
-            if hole.subnet_of(b):  # type: ignore[arg-type]
-                nxt.extend(b.address_exclude(hole))  # type: ignore[arg-type]
-            elif not b.subnet_of(hole):  # type: ignore[arg-type]
-                nxt.append(b)
-        blocks = nxt
-    return blocks
 
 
 def other_sources(vendor: list[Net], family: int, mentioned: Iterable[Net]) -> list[Addr]:

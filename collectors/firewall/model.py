@@ -9,9 +9,10 @@ unknown input interface) fires an ``unknown`` action naming itself, unless its a
 not change the verdict anyway (counters, logging).
 
 :func:`evaluate` walks every base chain a packet meets on its way to the host (ingress,
-prerouting, input) or through it (ingress, prerouting, forward), in hook then priority order,
-across every ruleset read (nftables, iptables-nft, iptables-legacy): the packet is accepted
-only if every chain accepts it; a drop or reject anywhere is final.
+prerouting, input) or through it (ingress, prerouting, forward, postrouting), in hook then
+priority order, across every ruleset read (nftables, iptables-nft, iptables-legacy): the
+packet is accepted only if every chain accepts it; a drop or reject anywhere is final. Its
+answer (established) must then get back the other way (output, postrouting; or forward).
 """
 
 from __future__ import annotations
