@@ -55,6 +55,10 @@ GENERAL = {
     "-i", "--in-interface", "-o", "--out-interface", "-m", "--match", "-j", "--jump",
     "-g", "--goto", "-f", "--fragment", "-c", "--set-counters", "-4", "--ipv4", "-6", "--ipv6",
 }  # fmt: skip
+COSTS = {
+    "--dport": 0, "--destination-port": 0, "--dports": 0, "--destination-ports": 0,
+    "-p": 1, "--protocol": 1, "-i": 2, "--in-interface": 2, "--ctstate": 3, "--state": 3,
+}  # fmt: skip
 CT_STATES = {"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT"}
 
 
@@ -285,6 +289,7 @@ def parse_rule(line: str, table: Table, source: str, position: int) -> tuple[str
     ref = RuleRef(source, table.family, table.name, chain, position, line.strip())
     rule = IptRule(ref)
     tok = _Tokens(tokens[2:])
+    costs: list[int] = []
     proto: str | None = None
     module = ""
     neg = False
@@ -325,6 +330,7 @@ def parse_rule(line: str, table: Table, source: str, position: int) -> tuple[str
             if module not in {"tcp", "udp", "multiport", "conntrack", "state", "comment",
                               "iprange", "addrtype", "icmp", "icmp6", "icmpv6"}:  # fmt: skip
                 rule.preds.append(_unknown_pred(f"match module {module!r} is not modelled"))
+                costs.append(9)
                 while (
                     tok.more()
                     and tok.peek() not in GENERAL
@@ -349,6 +355,9 @@ def parse_rule(line: str, table: Table, source: str, position: int) -> tuple[str
             pred = (lambda p: lambda pkt: negate(p(pkt)))(pred)
             neg = False
         rule.preds.append(pred)
+        costs.append(COSTS.get(opt, 5))
+    # matches are ANDed: test the cheap, selective ones (ports, protocol) first
+    rule.preds = [p for _, _, p in sorted(zip(costs, range(len(costs)), rule.preds, strict=True))]
     return chain, rule
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.firewall.model import (
@@ -355,22 +355,44 @@ def _fast_match(m: dict[str, Any], table: Table) -> Callable[[Packet], Tri] | No
     return fn
 
 
+def _match_cost(m: dict[str, Any]) -> int:
+    left = m.get("left")
+    if isinstance(left, dict) and "payload" in left:
+        return 0 if left["payload"].get("field") in ("dport", "sport") else 2
+    if isinstance(left, dict) and "meta" in left:
+        return 1
+    return 3
+
+
 @dataclass
 class NftRule:
     ref: RuleRef
     expr: list[Any]
+    # the rule's matches, cheapest and most selective first (ports, protocols): they are ANDed,
+    # so their order does not change the outcome, only how soon a non-matching rule is left
+    matches: list[dict[str, Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        found = [
+            stmt["match"]
+            for stmt in self.expr
+            if isinstance(stmt, dict) and len(stmt) == 1 and isinstance(stmt.get("match"), dict)
+        ]
+        self.matches = sorted(found, key=_match_cost)
 
     def evaluate(self, pkt: Packet, table: Table) -> Action | None:
         conds: list[Tri] = []
+        for body in self.matches:
+            fast = _fast_match(body, table)
+            conds.append(fast(pkt) if fast is not None else _match(pkt, body, table))
+            if conds[-1] is False:
+                return None
         for stmt in self.expr:
             if not isinstance(stmt, dict) or len(stmt) != 1:
                 return self._finish(conds, Action("unknown", f"statement {_short(stmt)}"))
             ((key, body),) = stmt.items()
             if key == "match":
-                fast = _fast_match(body, table)
-                conds.append(fast(pkt) if fast is not None else _match(pkt, body, table))
-                if conds[-1] is False:
-                    return None
+                continue  # evaluated above
             elif key in NOOP_STATEMENTS:
                 continue
             elif key == "xt":
