@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.access import device_access_info
 from agent.attachments import Attachment, check_attachments, manifest_entries, stage_attachments
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
 from agent.delivery import check_room, make_backend, make_outbox
@@ -281,6 +283,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             rep.step,
             prep.home,
             prep.scrubber,
+            access=functools.partial(device_access_info, settings),
         )
         rep.phase("collect", len(prep.plan.steps))
         started = utcnow()

@@ -359,6 +359,13 @@ class Device(Model):
     address: str = "localhost"
     ssh: Ssh | None = None
     snmp: Snmp | None = None
+    # where the firewall in front of the device lives (remote-access checks): "local" (this
+    # host; default for a local device), "ssh" (the device, over its ssh settings; default
+    # when it has them) or the name of another device (the gateway in front of it)
+    firewall: str | None = None
+    firewall_kind: Literal["auto", "nftables", "iptables"] = "auto"
+    firewall_interface: str | None = None  # input interface the vendor's traffic arrives on
+    firewall_out_interface: str | None = None  # gateway only: its interface towards the device
     _jump_device: Device | None = PrivateAttr(default=None)  # linked by Settings
 
     @property
@@ -437,6 +444,28 @@ class Settings(Model):
                 seen_chain.add(cur.name)
                 cur = cur.jump_device
         return devices
+
+    @model_validator(mode="after")
+    def _firewalls(self) -> Settings:
+        by_name = {d.name: d for d in self.devices}
+        for i, d in enumerate(self.devices):
+            fw = d.firewall
+            if fw is None or fw == "local":
+                continue
+            where = f"devices[{i}].firewall"
+            if fw == "ssh":
+                if d.ssh is None:
+                    raise ValueError(f'{where}: "ssh" needs ssh settings for device {d.name}')
+                continue
+            gw = by_name.get(fw)
+            if gw is None or gw.name == d.name:
+                raise ValueError(
+                    f'{where}: expected "local", "ssh" or the name of another device (the '
+                    f"gateway in front of {d.name}), got {fw!r}"
+                )
+            if not gw.is_local and gw.ssh is None:
+                raise ValueError(f"{where}: gateway {gw.name} is not local and has no ssh settings")
+        return self
 
     @model_validator(mode="after")
     def _registered_sender(self) -> Settings:
