@@ -259,7 +259,15 @@ def shipped_kb_dir() -> Path:
 
 
 def _kb_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    try:
+        return sorted(
+            p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"{directory}: cannot list the KB directory: {exc.strerror or exc} (fix its "
+            "permissions, or [kb] paths)"
+        ) from None
 
 
 def load_kb(

@@ -8,6 +8,9 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from agent.kb import load_kb, shipped_kb_dir
 from agent.settings import Settings
@@ -79,3 +82,26 @@ def test_example_config_is_valid_and_documents_every_section() -> None:
     for section in ("site", "vendor", "helpdesk", "outbox", "kb", "devices", "scrub", "collect"):
         assert f"[{section}]" in text or f"[[{section}]]" in text, section
     assert settings.site.company
+
+
+def test_unreadable_kb_directory_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site KB directory that cannot be listed is exit 2 naming it, not a crash."""
+    from agent.errors import ConfigError
+    from agent.kb import load_kb
+
+    site = tmp_path / "kb.d"
+    site.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Any:
+        if self == site:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(ConfigError) as err:
+        load_kb([site])
+    assert str(site) in str(err.value) and "Permission denied" in str(err.value)
+    assert err.value.exit_code == 2
