@@ -83,6 +83,7 @@ def write_bundle(
     signature = base64.b64encode(key.sign(manifest_bytes)) + b"\n"
     signer = key.public_openssh().encode() + b"\n"
     paths = [a["path"] for s in manifest["steps"] for a in s["artifacts"]]
+    paths += [a["path"] for a in manifest.get("attachments", []) if "sha256" in a]
     stats = PackStats()
     errors: list[BaseException] = []
     r_fd, w_fd = os.pipe()
@@ -287,6 +288,7 @@ def read_bundle(
     if manifest.get("format") != FORMAT:
         problems.append(f"unknown manifest format {manifest.get('format')!r}")
     listed = {a["path"]: a for s in manifest.get("steps", []) for a in s.get("artifacts", [])}
+    listed.update({a["path"]: a for a in manifest.get("attachments", []) if "sha256" in a})
     for rel, meta in listed.items():
         got = hashes.get(rel)
         if got is None:

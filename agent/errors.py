@@ -41,6 +41,9 @@ class RuntimeFailure(FieldtraceError):
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}
+# fields holding a discriminated union: pydantic puts the chosen tag (e.g. the helpdesk
+# backend) after the field in the error path; users never wrote it, so it is dropped
+_TAGGED_FIELDS = {"helpdesk"}
 
 
 def pydantic_problems(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
@@ -50,6 +53,7 @@ def pydantic_problems(exc: ValidationError, prefix: tuple[str | int, ...] = ()) 
         loc = [*prefix, *err["loc"]]
         # drop pydantic's union/tag markers such as "function-after[...]" from the path
         loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+        loc = [p for i, p in enumerate(loc) if not (i and loc[i - 1] in _TAGGED_FIELDS)]
         path = format_path(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

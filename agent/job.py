@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import getpass
 import logging
 import os
@@ -24,17 +25,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import __version__
+from agent.access import device_access_info
+from agent.attachments import Attachment, check_attachments, manifest_entries, stage_attachments
 from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
+from agent.delivery import check_room, make_backend, make_outbox
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
 from agent.keys import SigningKey, home, load_identity, load_signing_key
 from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
 from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
-from collectors.base import sha256_file
-from uploader.base import DeliveryMeta
-from uploader.directory import DirectoryBackend
-from uploader.outbox import Attempt, Outbox
+from collectors.base import Artifact, sha256_file
+from uploader.base import Backend, DeliveryMeta
+from uploader.outbox import Attempt, OutboxFull
 
 log = logging.getLogger(__name__)
 FAILED_STATES = {"failed", "timeout", "partial"}
@@ -68,6 +71,9 @@ class JobRequest:
     trigger: str = "cli"
     requested_by: str = ""
     output: Path | None = None
+    subject: str = ""  # for a new ticket (collect --subject)
+    description: str = ""  # for a new ticket (collect --description)
+    attachments: tuple[Path, ...] = ()  # files added to the bundle (collect --attach)
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Prepared:
     recipients: list[Any]
     signing_key: SigningKey
     scrubber: Scrubber
+    backend: Backend | None = None  # None with --output
+    attachments: list[Attachment] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -97,6 +105,8 @@ class JobResult:
     delivery: Attempt | None = None
     interrupted: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    ticket: str | None = None  # the HelpDesk ticket (given, or created by the delivery)
+    ticket_url: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -144,6 +154,11 @@ def _secret_literals(settings: Settings) -> list[str]:
             if ref is not None:
                 with contextlib.suppress(ConfigError):  # the step using it reports it
                     values.append(ref.resolve())
+    for key in ("api_key", "password", "auth_value"):  # the HelpDesk backends' secrets
+        ref = getattr(settings.helpdesk, key, None)
+        if isinstance(ref, SecretRef):
+            with contextlib.suppress(ConfigError):  # building the backend reports it
+                values.append(ref.resolve())
     return values
 
 
@@ -165,18 +180,30 @@ def prepare(
     ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
     """
     settings = loaded.settings
+    attachments = check_attachments(request.attachments)
     kb = kb or load_context(loaded)
     if plan is None:
         devices = select_devices(settings, list(request.devices), request.types)
         profile = request.profile or settings.collect.default_profile
         plan = make_plan(settings, kb, devices, profile)
     base = home()
+    backend = None
     if request.output is not None:
         if request.output.exists() and not request.output.is_dir():
             raise ConfigError(f"--output {request.output}: a file of that name exists already")
         _check_writable(request.output if request.output.is_dir() else request.output.parent)
     else:
+        backend = make_backend(settings, base)
+        if request.ticket and settings.helpdesk.backend == "redmine":
+            from uploader.base import PermanentError
+            from uploader.redmine import parse_ticket
+
+            try:
+                parse_ticket(request.ticket)
+            except PermanentError as exc:
+                raise ConfigError(f"--ticket: {exc}") from None
         _check_writable(base / "outbox" / "tmp")
+        check_room(make_outbox(settings, base))
     return Prepared(
         loaded=loaded,
         kb=kb,
@@ -186,6 +213,8 @@ def prepare(
         recipients=site_recipients(settings, base),
         signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
+        backend=backend,
+        attachments=attachments,
     )
 
 
@@ -254,16 +283,22 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             rep.step,
             prep.home,
             prep.scrubber,
+            access=functools.partial(device_access_info, settings),
         )
         rep.phase("collect", len(prep.plan.steps))
         started = utcnow()
         results = runner.run()
         finished = utcnow()
-        rep.phase("scrub", sum(len(r.artifacts) for r in results))
-        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep)
+        attached, attach_errors = stage_attachments(staging.path, prep.attachments)
+        rep.phase("scrub", sum(len(r.artifacts) for r in results) + len(attached))
+        counts = scrub_and_hash(prep.scrubber, staging.path, results, rep, attached)
         manifest = build_manifest(
             prep, job_id, bundle_id, created, started, finished, results, runner.interrupted
         )
+        manifest["attachments"] = manifest_entries(prep.attachments, attached, attach_errors)
+        subject = _scrubbed(prep.scrubber, prep.request.subject)
+        description = _scrubbed(prep.scrubber, prep.request.description)
+        manifest["job"].update(subject=subject, description=description)
         name = bundle_name(settings, prep.plan, created, bundle_id)
         result = JobResult(
             job_id,
@@ -275,9 +310,10 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             counts=counts,
         )
         total = sum(a["size"] for s in manifest["steps"] for a in s["artifacts"])
+        total += sum(a.size for a in attached)
         rep.phase("pack", total)
         out = prep.request.output
-        outbox = None if out is not None else Outbox(prep.home / "outbox")
+        outbox = None if out is not None else make_outbox(settings, prep.home)
         if out is not None:
             dest = out / name if out.is_dir() else out
         else:
@@ -310,27 +346,51 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             profile=prep.plan.profile,
             summary=summary_text(manifest),
             created=created.isoformat(),
+            subject=subject,
+            description=description,
         )
-        item = outbox.put(tmp, meta)
+        try:
+            item = outbox.put(tmp, meta)
+        except OutboxFull as exc:
+            raise RuntimeFailure(
+                f"{exc}. The new bundle was NOT queued; it is kept at {tmp} (take it from "
+                "there, or free room and collect again)"
+            ) from None
         result.bundle = item.bundle
-        rep.phase("deliver")
-        target = settings.helpdesk.path or outbox.default_delivery_dir
-        for attempt in outbox.deliver(DirectoryBackend(target)):
-            if attempt.item.name == name:
-                result.delivery = attempt
-                if attempt.receipt is not None:
-                    result.bundle = Path(attempt.receipt.location)
+        result.ticket = prep.request.ticket
+        rep.phase("deliver", meta.size if settings.helpdesk.backend != "directory" else 0)
+        backend = make_backend(settings, prep.home, rep.advance)  # with upload progress
+        try:
+            attempts = outbox.deliver(backend, only=name)
+        except KeyboardInterrupt:  # the bundle is safe in the queue; the next run resumes
+            log.warning("delivery of %s interrupted; it stays queued", name)
+            attempts = [Attempt(item, "retry", "interrupted (Ctrl-C); the bundle stays queued")]
+        for attempt in attempts:
+            result.delivery = attempt
+            if attempt.receipt is not None:
+                result.ticket = attempt.receipt.ticket or result.ticket
+                result.ticket_url = attempt.receipt.detail.get("ticket_url")
+                # the directory backend's copy is the bundle now; a remote one is not local
+                local = attempt.receipt.backend == "directory"
+                result.bundle = Path(attempt.receipt.location) if local else None
+            else:  # not delivered yet: the ticket it may have created already
+                made = (attempt.item.record.get("checkpoint") or {}).get("ticket")
+                result.ticket = result.ticket or (str(made) if made else None)
         return result
     finally:
         staging.remove()
 
 
 def scrub_and_hash(
-    scrubber: Scrubber, staging: Path, results: list[StepResult], rep: Reporter
+    scrubber: Scrubber,
+    staging: Path,
+    results: list[StepResult],
+    rep: Reporter,
+    extra: list[Artifact] | None = None,
 ) -> dict[str, int]:
-    """Scrub every artifact not scrubbed on its way in; record sha256, size, scrub counts."""
+    """Scrub what was not scrubbed on its way in (and ``extra`` files); record digests."""
     totals: Counter[str] = Counter()
-    arts = [a for res in results for a in res.artifacts]
+    arts = [a for res in results for a in res.artifacts] + list(extra or ())
     todo = []
     for art in arts:
         if art.scrubbed_on_write or (art.binary and art.written_sha256):
@@ -439,6 +499,10 @@ def build_manifest(
         "summary": {"steps": len(results), **dict(sorted(statuses.items()))},
         "signer": prep.signing_key.fingerprint(),
     }
+
+
+def _scrubbed(scrubber: Scrubber, text: str) -> str:
+    return scrubber.scrub_bytes(text.encode()).decode(errors="replace") if text else ""
 
 
 def summary_text(manifest: dict[str, Any]) -> str:

@@ -114,7 +114,11 @@ class KbType:
 
     def hints(self) -> dict[str, Any]:
         """What collectors may know of the type (transport hints), JSON-able."""
-        return {"type": self.type, "ssh": self.ssh.model_dump() if self.ssh else None}
+        return {
+            "type": self.type,
+            "ssh": self.ssh.model_dump() if self.ssh else None,
+            "remote_access": [r.model_dump() for r in self.remote_access],
+        }
 
 
 @dataclass

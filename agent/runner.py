@@ -175,8 +175,10 @@ class Runner:
         progress: Progress | None = None,
         home: Path | None = None,
         scrubber: TextScrubber | None = None,
+        access: Callable[[Device], dict[str, Any]] | None = None,
     ) -> None:
         self.plan = plan
+        self.access = access  # device -> DeviceInfo.access (agent.access.device_access_info)
         self.home = home or staging
         self.scrubber = scrubber
         self.staging = staging
@@ -274,7 +276,13 @@ class Runner:
             finish=finish or threading.Event(),
             progress=live,
         )
-        info = DeviceInfo(ps.device.name, ps.device.type, ps.device.address, ps.kbtype.hints())
+        info = DeviceInfo(
+            ps.device.name,
+            ps.device.type,
+            ps.device.address,
+            ps.kbtype.hints(),
+            self.access(ps.device) if self.access else {},
+        )
         outcome: dict[str, Any] = {}
 
         def target() -> None:

@@ -13,7 +13,7 @@ import socket
 import tomllib
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
-from collectors.base import Duration
+from collectors.base import Duration, Size
 
 DEFAULT_PATHS = (Path("fieldtrace.toml"), Path("/etc/fieldtrace/fieldtrace.toml"))
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -139,22 +139,169 @@ class Vendor(Model):
         return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
+def _check_address(value: str) -> str:
+    if not re.fullmatch(_EMAIL_RE, value):
+        raise ValueError(f"expected an e-mail address like support@vendor.example, got {value!r}")
+    return value
+
+
+class EmailHelpdesk(Model):
+    """SMTP delivery from the site's registered address to the vendor's support address."""
+
+    backend: Literal["email"]
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)  # default: 587 starttls, 465 tls, 25 none
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    from_: Annotated[str, AfterValidator(_check_address)] | None = Field(None, alias="from")
+    to: list[Annotated[str, AfterValidator(_check_address)]] = Field(min_length=1)
+    max_attachment_bytes: Size = 10 * 1000**2
+    oversize: Literal["split", "refuse"] = "split"
+    timeout: Duration = 60.0
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _auth(self) -> EmailHelpdesk:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("give both username and password (a secret reference), or neither")
+        if self.tls == "none" and self.password is not None and not _is_loopback(self.host):
+            raise ValueError(
+                f'tls = "none" would send the SMTP password in clear text to {self.host}: '
+                'use tls = "starttls" or "tls", or a relay on 127.0.0.1'
+            )
+        return self
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port or {"starttls": 587, "tls": 465, "none": 25}[self.tls]
+
+
+class HttpFields(Model):
+    """Form field names the HelpDesk endpoint expects; an empty name leaves the field out."""
+
+    file: str = Field("file", min_length=1)
+    bundle_id: str = "bundle_id"
+    name: str = "name"
+    sha256: str = "sha256"
+    ticket: str = "ticket"
+    company: str = "company"
+    contract: str = "contract"
+    contact_email: str = "contact_email"
+    subject: str = "subject"
+    description: str = "description"
+    summary: str = "summary"
+
+
+class HttpHelpdesk(Model):
+    """A generic HelpDesk endpoint: one multipart/form-data POST per bundle."""
+
+    backend: Literal["http"]
+    url: str
+    fields: HttpFields = HttpFields()
+    extra_fields: dict[str, str] = {}
+    auth_header: str = "Authorization"
+    auth_value: SecretRef | None = None
+    success_codes: list[Annotated[int, Field(ge=200, le=599)]] = [200, 201, 202, 204]
+    response_ticket_field: str | None = None
+    ca_file: Path | None = None
+    connect_timeout: Duration = 15.0
+    timeout: Duration = 300.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _clear_text(self) -> HttpHelpdesk:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.url).hostname or ""
+        if self.url.startswith("http:") and self.auth_value is not None and not _is_loopback(host):
+            raise ValueError(
+                f"an http:// URL would send the {self.auth_header} secret in clear text to "
+                f"{host}: use https://"
+            )
+        return self
+
+
 class DirectoryHelpdesk(Model):
     """Air-gapped delivery: bundles are copied into ``path`` (default: the local outbox)."""
 
     backend: Literal["directory"] = "directory"
     path: Path | None = None
 
-    @model_validator(mode="before")
+
+class RedmineHelpdesk(Model):
+    """Redmine REST API: tickets in ``project``, bundles attached via ``/uploads.json``."""
+
+    backend: Literal["redmine"]
+    url: str
+    api_key: SecretRef
+    project: str  # identifier ("support") or numeric id
+    tracker: str | int | None = None  # name ("Support") or id; default: the project's first
+    priority: str | int | None = None  # name ("Normal") or id; default: Redmine's default
+    timeout: Duration = 60.0  # connect/read timeout of each request (not of a whole upload)
+    ca_file: Path | None = None  # CA bundle for a private HTTPS certificate
+
+    @field_validator("url")
     @classmethod
-    def _supported(cls, data: Any) -> Any:
-        backend = data.get("backend", "directory") if isinstance(data, dict) else "directory"
-        if backend != "directory":
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError(
-                f"backend {backend!r} is not available in this version of fieldtrace "
-                "(available: directory)"
+                f"expected an http(s) URL like https://helpdesk.example, got {value!r}"
             )
-        return data
+        return value.rstrip("/")
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('expected a project identifier like "support" or an id')
+        return value.strip()
+
+
+# The [helpdesk] table: one model per backend, chosen by ``backend``.
+Helpdesk = Annotated[
+    DirectoryHelpdesk | RedmineHelpdesk | EmailHelpdesk | HttpHelpdesk,
+    Field(discriminator="backend"),
+]
+
+
+def _helpdesk_backends() -> list[str]:
+    union = get_args(Helpdesk)[0]
+    return [get_args(m.model_fields["backend"].annotation)[0] for m in get_args(union)]
+
+
+class OutboxSettings(Model):
+    """The spool of bundles waiting for delivery and how its worker retries."""
+
+    max_bytes: Size = 10 * 1024**3  # queued + parked bundles; a new one over the cap is refused
+    backoff_base: Duration = 30.0  # first retry after ~this, doubling on each failure ...
+    backoff_max: Duration = 3600.0  # ... up to this (with +-jitter)
 
 
 class Kb(Model):
@@ -212,6 +359,13 @@ class Device(Model):
     address: str = "localhost"
     ssh: Ssh | None = None
     snmp: Snmp | None = None
+    # where the firewall in front of the device lives (remote-access checks): "local" (this
+    # host; default for a local device), "ssh" (the device, over its ssh settings; default
+    # when it has them) or the name of another device (the gateway in front of it)
+    firewall: str | None = None
+    firewall_kind: Literal["auto", "nftables", "iptables"] = "auto"
+    firewall_interface: str | None = None  # input interface the vendor's traffic arrives on
+    firewall_out_interface: str | None = None  # gateway only: its interface towards the device
     _jump_device: Device | None = PrivateAttr(default=None)  # linked by Settings
 
     @property
@@ -240,11 +394,25 @@ LOCAL_DEVICE = Device(name="local", type="linux-host", address="localhost")
 class Settings(Model):
     site: Site = Site()
     vendor: Vendor = Vendor()
-    helpdesk: DirectoryHelpdesk = DirectoryHelpdesk()
+    helpdesk: Helpdesk = DirectoryHelpdesk()
+    outbox: OutboxSettings = OutboxSettings()
     kb: Kb = Kb()
     devices: list[Device] = []
     scrub: Scrub = Scrub()
     collect: Collect = Collect()
+
+    @field_validator("helpdesk", mode="before")
+    @classmethod
+    def _backend_known(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = {"backend": "directory", **value}
+            known = _helpdesk_backends()
+            if value["backend"] not in known:
+                raise ValueError(
+                    f"backend {value['backend']!r} is not available in this version of "
+                    f"fieldtrace (available: {', '.join(known)})"
+                )
+        return value
 
     @field_validator("devices")
     @classmethod
@@ -276,6 +444,38 @@ class Settings(Model):
                 seen_chain.add(cur.name)
                 cur = cur.jump_device
         return devices
+
+    @model_validator(mode="after")
+    def _firewalls(self) -> Settings:
+        by_name = {d.name: d for d in self.devices}
+        for i, d in enumerate(self.devices):
+            fw = d.firewall
+            if fw is None or fw == "local":
+                continue
+            where = f"devices[{i}].firewall"
+            if fw == "ssh":
+                if d.ssh is None:
+                    raise ValueError(f'{where}: "ssh" needs ssh settings for device {d.name}')
+                continue
+            gw = by_name.get(fw)
+            if gw is None or gw.name == d.name:
+                raise ValueError(
+                    f'{where}: expected "local", "ssh" or the name of another device (the '
+                    f"gateway in front of {d.name}), got {fw!r}"
+                )
+            if not gw.is_local and gw.ssh is None:
+                raise ValueError(f"{where}: gateway {gw.name} is not local and has no ssh settings")
+        return self
+
+    @model_validator(mode="after")
+    def _registered_sender(self) -> Settings:
+        hd = self.helpdesk
+        if isinstance(hd, EmailHelpdesk) and not (hd.from_ or self.site.contact_email):
+            raise ValueError(
+                "helpdesk: the email backend sends from the site's registered address (the "
+                "vendor accepts mail only from it): set [site] contact_email or [helpdesk] from"
+            )
+        return self
 
     def inventory(self) -> list[Device]:
         """The configured devices; with none, the implied device ``local`` (this host)."""

@@ -33,7 +33,7 @@ from typing import IO, Annotated, Any, ClassVar, Literal, Protocol
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 Facts = dict[str, Any]
-Transport = Literal["local", "ssh", "snmp"]
+Transport = Literal["local", "ssh", "snmp", "any"]  # any: the collector decides
 
 # --- units -------------------------------------------------------------------------------
 
@@ -331,6 +331,8 @@ class DeviceInfo:
     type: str
     address: str
     kb: dict[str, Any] = field(default_factory=dict)
+    # for access.check: vendor support networks and where the firewall is (agent.access)
+    access: dict[str, Any] = field(default_factory=dict)
 
 
 SessionOpener = Callable[[str], Any]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collectors.base import Collector
+from collectors.firewall.collector import AccessCheck
 from collectors.host import HostSnapshot
 from collectors.local import LocalCommand, LocalFile
 from collectors.pcap import PcapCapture
@@ -23,6 +24,7 @@ _COLLECTORS: dict[str, Collector] = {
         SnmpWalk(),
         PcapCapture(),
         SshShell(),
+        AccessCheck(),
     )
 }
 

@@ -11,6 +11,10 @@ A backend delivers one finished (encrypted) bundle to the HelpDesk:
   (retrying cannot help: bad credentials, unknown ticket, file refused as too large).
   Anything else it raises is treated as transient and logged as a bug.
 * Retries, backoff and the spool live in the outbox worker, never in a backend.
+* A backend whose delivery takes several steps (create the ticket, upload, attach) may
+  also accept ``checkpoint=``: a small durable record kept with the outbox item. What it
+  saves there (the ticket it created, the upload token) survives a crash, so the next
+  attempt resumes instead of starting over (``ResumableBackend``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class DeliveryMeta:
     summary: str = ""
     subject: str = ""
     created: str = ""
+    description: str = ""  # the technician's own words for a new ticket
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,3 +79,36 @@ class Backend(Protocol):
     name: str
 
     def deliver(self, bundle_path: Path, meta: DeliveryMeta) -> Receipt: ...
+
+
+class Checkpoint(Protocol):
+    """Durable per-item progress: ``save`` returns once the values are on disk (fsync).
+
+    Saving ``None`` for a key removes it."""
+
+    def get(self, key: str) -> Any: ...
+    def save(self, **values: Any) -> None: ...
+
+
+class MemoryCheckpoint:
+    """A checkpoint that lives only as long as the object (tests, one-shot deliveries)."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def save(self, **values: Any) -> None:
+        self.values.update(values)
+        self.values = {k: v for k, v in self.values.items() if v is not None}
+
+
+class ResumableBackend(Protocol):
+    """A backend that records its progress in the outbox item (see the module doc)."""
+
+    name: str
+
+    def deliver(
+        self, bundle_path: Path, meta: DeliveryMeta, checkpoint: Checkpoint | None = None
+    ) -> Receipt: ...

@@ -17,6 +17,7 @@ from agent import __version__
 from agent.cli import (
     bundle_cmd,
     capture_cmd,
+    check_access_cmd,
     collect_cmd,
     config_cmd,
     devices_cmd,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         keys_cmd,
         outbox_cmd,
         devices_cmd,
+        check_access_cmd,
     ):
         mod.register(sub)
     return p

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         for st in m.get("steps", []):
             if st.get("status") != "ok":
                 print(f"  {st['device']}/{st['id']}: {st['status']}: {st.get('error')}")
+        for att in m.get("attachments", []):
+            state = att.get("error") or human_size(att.get("size", 0))
+            print(f"  attached by the technician: {att['path']} ({att['name']}; {state})")
         if v.extracted_to:
             print(f"extracted to {v.extracted_to}")
     return 0 if ok else 1

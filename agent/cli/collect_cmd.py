@@ -44,6 +44,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-p", "--profile", help="KB profile (problem type); default: 'default'")
     p.add_argument("-t", "--ticket", help="HelpDesk ticket the bundle belongs to")
+    p.add_argument(
+        "--subject", default="", help="subject of the new ticket (when there is no --ticket)"
+    )
+    p.add_argument("--description", default="", help="what the problem is, for the new ticket")
+    p.add_argument(
+        "--attach",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="add files (screenshots, notes) to the bundle under attachments/",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
     p.add_argument(
         "-o",
@@ -152,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         ticket=args.ticket,
         output=Path(args.output) if args.output else None,
+        subject=args.subject,
+        description=args.description,
+        attachments=tuple(Path(a) for a in args.attach),
     )
     prep = prepare(loaded, request)
     if args.dry_run:
@@ -201,7 +216,15 @@ def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any
         "scrubbed": result.counts,
         "identity": str(home / "identity.txt"),
         "signer": result.manifest["signer"],
-        "delivery": None if d is None else {"outcome": d.outcome, "message": d.message},
+        "delivery": None
+        if d is None
+        else {
+            "outcome": d.outcome,
+            "message": d.message,
+            "location": d.receipt.location if d.receipt else None,
+        },
+        "ticket": result.ticket,
+        "ticket_url": result.ticket_url,
         "devices": result.manifest["devices"],
         "steps": [
             {"device": r.device, "id": r.step, "status": r.status, "error": r.error}
@@ -232,16 +255,24 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
             f"scrubbed {total} secret(s): "
             + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
         )
-    assert result.bundle is not None and result.pack is not None
+    assert result.pack is not None
+    shown = result.bundle or (result.delivery.item.name if result.delivery else "")
     who = (
         f"{vendor_recipients} vendor key(s) + this site's identity"
         if vendor_recipients
         else "this site's identity only: no [vendor] recipients configured"
     )
-    print(
-        f"bundle: {result.bundle} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})"
-    )
+    print(f"bundle: {shown} ({human_size(result.pack.encrypted_bytes)}, encrypted to {who})")
     d = result.delivery
+    if result.ticket:
+        url = f" {result.ticket_url}" if result.ticket_url else ""
+        print(f"ticket: #{result.ticket}{url}")
+    if d is not None and d.receipt is not None and d.receipt.backend != "directory":
+        rc = d.receipt
+        where = f"attached to ticket #{rc.ticket}" if rc.ticket else f"delivered by {rc.backend}"
+        print(f"delivery: {where}: {rc.location}")
+        print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")
+        return
     if d is not None and d.outcome == "parked":
         print(
             f"delivery: parked: {d.message}\n  the bundle is kept in the outbox; fix the cause, "

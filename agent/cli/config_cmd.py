@@ -19,6 +19,7 @@ def run_check(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
     from agent.job import load_context
     from agent.runner import make_plan
+    from agent.settings import SecretRef
 
     loaded = settings(args)
     s = loaded.settings
@@ -32,11 +33,24 @@ def run_check(args: argparse.Namespace) -> int:
                 ref.resolve()
             except ConfigError as exc:
                 problems.append(f"devices[{i}].{where}: {exc}")
+    for key, value in s.helpdesk:  # the backend's secrets (password, auth_value, api_key ...)
+        if isinstance(value, SecretRef):
+            try:
+                value.resolve()
+            except ConfigError as exc:
+                problems.append(f"helpdesk.{key}: {exc}")
     for j, ref in enumerate(s.scrub.values):
         try:
             ref.resolve()
         except ConfigError as exc:
             problems.append(f"scrub.values[{j}]: {exc}")
+    try:  # the helpdesk backend resolves its own secrets (API key, passwords)
+        from agent.delivery import make_backend
+        from agent.keys import home
+
+        make_backend(s, home())
+    except ConfigError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(f"{loaded.source}: {p}" for p in problems))
     summary: dict[str, Any] = {

@@ -76,6 +76,6 @@ def test_example_config_is_valid_and_documents_every_section() -> None:
     text = (REPO / "config" / "fieldtrace.example.toml").read_text()
     data = tomllib.loads(text)
     settings = Settings.model_validate(data)
-    for section in ("site", "vendor", "helpdesk", "kb", "devices", "scrub", "collect"):
+    for section in ("site", "vendor", "helpdesk", "outbox", "kb", "devices", "scrub", "collect"):
         assert f"[{section}]" in text or f"[[{section}]]" in text, section
     assert settings.site.company

@@ -1,0 +1,61 @@
+"""kill -9 of ``collect`` while it mails the parts, then ``outbox deliver``: only the parts
+still missing are sent (the outbox item's checkpoint), each exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+from tests.integration.mail.support import SmtpServer
+from tests.integration.mail.test_collect_email import email_site
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_kill_9_mid_delivery_then_outbox_deliver_sends_only_missing_parts(
+    cli: Cli, smtp: SmtpServer
+) -> None:
+    email_site(cli, smtp, "max_attachment_bytes = 200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "collect", "--json"],
+        cwd=cli.cwd,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def kill_on_third(server: Any, envelope: Any, index: int) -> str | None:
+        if index == 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            return "451 4.3.0 sender went away"
+        return None
+
+    smtp.recorder.on_data = kill_on_third
+    try:
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(smtp.recorder.messages) == 2
+    smtp.recorder.on_data = None
+    out = cli.run("outbox", "deliver", "--json", check=0)
+    rows = json.loads(out.stdout)
+    assert [r["outcome"] for r in rows] == ["sent"], rows
+    parts = [m.message["X-Fieldtrace-Part"] for m in smtp.recorder.messages]
+    total = parts[0].split("/")[1]
+    assert parts == [f"{i}/{total}" for i in range(1, int(total) + 1)], parts
+    joined = b"".join(m.attachment()[1] for m in smtp.recorder.messages)
+    found = re.search(r"sha256 ([0-9a-f]{64})", smtp.recorder.messages[0].body())
+    assert found and hashlib.sha256(joined).hexdigest() == found.group(1)
+    assert joined.startswith(b"age-encryption.org/v1")
