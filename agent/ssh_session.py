@@ -213,7 +213,7 @@ def _jump_channel(device: Device, home: Path, timeout: float) -> tuple[Any, SshS
         via.close()
         raise StepFailed(
             f"{device.name}: jump host {jump.name} cannot reach {device.address}:"
-            f"{device.ssh.port}: {exc or type(exc).__name__}"
+            f"{device.ssh.port}: {str(exc) or type(exc).__name__}"
         ) from None
     return chan, via
 
@@ -343,7 +343,7 @@ def fetch_host_key(device: Device, home: Path) -> paramiko.PKey:
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise StepFailed(
             f"{device.name}: SSH handshake with {device.address}:{ssh.port} failed: "
-            f"{exc or type(exc).__name__}"
+            f"{str(exc) or type(exc).__name__}"
         ) from None
     finally:
         transport.close()

@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_RECONNECTS = 2
+# channel window and packet size: paramiko's cost is per packet, so a wide window and big
+# packets roughly double SFTP throughput on fast links
 SFTP_WINDOW = 8 * 1024**2
 SFTP_PACKET = 256 * 1024
-_STOP_GRACE = 2.0  # seconds between TERM, KILL and giving up on the channel
+_STOP_GRACE = 1.5  # seconds between TERM, KILL and giving up on the channel
 
 
 # () -> (a connected, host-key-verified client, things to close with it)
@@ -117,7 +119,9 @@ class SshSession:
             if t is not None and t.is_active():
                 return t
             why = t.get_exception() if t is not None else None
-            lost = f"{self.device_name}: the SSH connection was lost" + (f" ({why})" if why else "")
+            lost = f"{self.device_name}: the SSH connection was lost"
+            if why is not None and str(why):
+                lost += f" ({why})"
             if self._reopen is None or self.reconnects >= MAX_RECONNECTS:
                 raise SessionLost(lost)
             self.reconnects += 1
@@ -139,14 +143,24 @@ class SshSession:
     def _channel(self) -> paramiko.Channel:
         import paramiko
 
-        try:
-            return self._transport().open_session(
-                window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
-            )
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise SessionLost(
-                f"{self.device_name}: cannot open an SSH channel: {exc or type(exc).__name__}"
-            ) from exc
+        for attempt in (1, 2):
+            transport = self._transport()
+            try:
+                return transport.open_session(
+                    window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
+                )
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                # the connection may have just died without paramiko noticing yet: give it
+                # a moment, and if it is gone, _transport() reconnects on the second attempt
+                deadline = time.monotonic() + 1.0
+                while transport.is_active() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if attempt == 2 or transport.is_active() or self._reopen is None:
+                    raise SessionLost(
+                        f"{self.device_name}: cannot open an SSH channel: "
+                        f"{str(exc) or type(exc).__name__}"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def run(
         self,
@@ -345,25 +359,15 @@ class SshSession:
         with self._lock:
             if self._sftp is not None and not self._sftp.sock.closed:
                 return self._sftp
-            try:
-                # a wide window and big packets: paramiko's cost is per packet, so this
-                # roughly doubles throughput on fast links
-                chan = self._transport().open_session(
-                    window_size=SFTP_WINDOW, max_packet_size=SFTP_PACKET, timeout=self.timeout
-                )
-                chan.settimeout(max(self.timeout, 5.0))
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise SessionLost(
-                    f"{self.device_name}: cannot open an SSH channel for SFTP: "
-                    f"{exc or type(exc).__name__}"
-                ) from exc
+            chan = self._channel()  # wide window, big packets: see SFTP_WINDOW
+            chan.settimeout(max(self.timeout, 5.0))
             try:
                 self._request(chan, "subsystem", "sftp")
                 self._sftp = paramiko.SFTPClient(chan)
             except (StepFailed, paramiko.SSHException, OSError, EOFError) as exc:
                 chan.close()
                 raise StepFailed(
-                    f"{self.device_name}: cannot start SFTP: {exc or type(exc).__name__} "
+                    f"{self.device_name}: cannot start SFTP: {str(exc) or type(exc).__name__} "
                     "(is the sftp subsystem enabled on the device?)"
                 ) from exc
             return self._sftp
@@ -596,7 +600,7 @@ class SshFile(Collector):
                     lost = (
                         f"no data from the device for {session.timeout:g}s or more"
                         if isinstance(exc, TimeoutError)
-                        else str(exc) or type(exc).__name__
+                        else str(exc).rstrip(": ") or type(exc).__name__
                     )
                     errors.append(
                         f"{path}: connection lost after {out.artifact.size} bytes ({lost}); "
