@@ -384,7 +384,7 @@ class Scrub(Model):
 
 
 class Collect(Model):
-    max_parallel_devices: int = Field(8, ge=1, le=256)
+    max_parallel_devices: int = Field(32, ge=1, le=256)
     default_profile: str = "default"
 
 
