@@ -43,6 +43,7 @@ from collectors.base import (
 from collectors.snmp_format import Oid, dotted, mib_table, render, resolve_oid
 
 log = logging.getLogger(__name__)
+_JSON = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(...) makes one per call
 
 _WALK_AHEAD = 4  # responses a walk may receive before the caller took them
 _GET_PER_PDU = 32  # OIDs per GET request (an agent answers tooBig past its message size)
@@ -425,7 +426,7 @@ class SnmpSession:
                 batch: list[tuple[Oid, Any]] = []
                 done = not result
                 for name, value in result:
-                    key = tuple(name)
+                    key = name.asTuple()  # the OID's own tuple (tuple() iterates arcs)
                     if type(value).__name__ == "EndOfMibView" or key[:n] != oid:
                         done = True
                         break
@@ -518,7 +519,11 @@ class _SharedLoop:
                 cred.priv_key,
             )
         if key not in cls._engines:
-            cls._engines[key] = hl.SnmpEngine()
+            from collectors.snmp_asn1 import narrow_response_specs
+
+            engine = hl.SnmpEngine()
+            narrow_response_specs(engine)  # ~40% less response decoding
+            cls._engines[key] = engine
         return cls._engines[key]
 
     @classmethod
@@ -619,7 +624,7 @@ class _Writer:
         for oid, value in batch:
             row = render(oid, value, self.mibs)
             lines.append(row.line())
-            items.append(json.dumps(row.as_json(), ensure_ascii=False))
+            items.append(_JSON(row.as_json()))
             if not row.type:
                 self.missing.append(row.name)
         sep = ",\n" if self.rows else "\n"

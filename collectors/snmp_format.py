@@ -9,7 +9,7 @@ import string
 import struct
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 Oid = tuple[int, ...]
 
@@ -55,6 +55,12 @@ class MibTable:
                     self.by_oid[obj.oid] = obj
         self.modules = sorted(m for m in data["modules"] if m not in self.NAMING_EXCLUDED)
         self.max_len = max(len(o) for o in self.by_oid)
+        # objects no other named object is under: a row under one is named by it, no need to
+        # look for a longer prefix (a walk's rows mostly share their column's prefix)
+        parents = {o[:n] for o in self.by_oid for n in range(1, len(o))}
+        self._leaves = {o for o in self.by_oid if o not in parents}
+        self._prefixes = parents | set(self.by_oid)  # an OID off these has no name
+        self._last: MibObject | None = None
 
     def resolve(self, text: str) -> Oid:
         """``"IF-MIB::ifDescr.1"``, ``"ifXTable"``, ``"1.3.6.1.2.1.1"`` -> OID; ValueError."""
@@ -78,11 +84,22 @@ class MibTable:
 
     def lookup(self, oid: Oid) -> tuple[MibObject, Oid] | None:
         """The longest known prefix of ``oid`` and the rest (the index), or None."""
-        for n in range(min(len(oid), self.max_len), 0, -1):
-            obj = self.by_oid.get(oid[:n])
-            if obj is not None:
-                return obj, oid[n:]
-        return None
+        last = self._last
+        if last is not None:
+            n = len(last.oid)
+            if oid[:n] == last.oid:
+                return last, oid[n:]
+        found: MibObject | None = None
+        for n in range(1, min(len(oid), self.max_len) + 1):
+            prefix = oid[:n]
+            if prefix not in self._prefixes:
+                break
+            found = self.by_oid.get(prefix, found)
+        if found is None:
+            return None
+        if found.oid in self._leaves:
+            self._last = found
+        return found, oid[len(found.oid) :]
 
     def name(self, oid: Oid) -> str:
         found = self.lookup(oid)
@@ -120,9 +137,9 @@ def resolve_oid(text: str) -> Oid:
 _PRINTABLE = frozenset(string.printable.encode())  # C isprint() or isspace(), in the C locale
 
 
-@dataclass(frozen=True)
-class Row:
-    """One varbind as shown to users: ``name = text`` and a JSON row."""
+class Row(NamedTuple):
+    """One varbind as shown to users: ``name = text`` and a JSON row (a tuple: thousands
+    are made per second during a walk)."""
 
     oid: Oid
     name: str
@@ -181,7 +198,7 @@ def _octets(data: bytes, hint: str | None) -> tuple[str, Any, str]:
         return "STRING", text, f"STRING: {text}"
     if not data:
         return "STRING", "", '""'
-    if all(b in _PRINTABLE for b in data):
+    if _PRINTABLE.issuperset(data):
         text = data.decode("latin-1")
         quoted = text.replace("\\", "\\\\").replace('"', '\\"')
         return "STRING", text, f'STRING: "{quoted}"'
@@ -212,14 +229,16 @@ def render(oid: Oid, value: Any, mibs: MibTable | None) -> Row:
     found = mibs.lookup(oid) if mibs else None
     if found:
         obj, index = found
-        name = obj.label + "".join(f".{i}" for i in index)
+        name = obj.label + "." + ".".join(map(str, index)) if index else obj.label
         hint = obj.hint
     else:
-        name, hint = dotted(oid), None
+        name, hint = "." + ".".join(map(str, oid)), None
     kind = type(value).__name__
     vtype: str
     jvalue: Any
-    if kind in ("Integer", "Integer32"):
+    if kind == "OctetString":  # the most common first
+        vtype, jvalue, text = _octets(value.asOctets(), hint)
+    elif kind in ("Integer", "Integer32"):
         jvalue = int(value)
         enum = mibs.enums.get(hint or "") if mibs else None
         label = enum.get(jvalue) if enum else None
