@@ -29,8 +29,8 @@ from agent.keys import SigningKey, fingerprint, parse_public_openssh
 FORMAT = "fieldtrace.bundle/1"
 SUFFIX = ".tar.zst.age"
 _ZSTD_LEVEL = 3
-_ZSTD_JOB = 2 * 1024 * 1024  # small jobs keep multi-threaded zstd's memory low
-_BUF = 1024 * 1024
+_ZSTD_JOB = 1024 * 1024  # small jobs keep multi-threaded zstd's memory low
+_BUF = 256 * 1024
 
 
 class _Counting:

@@ -196,6 +196,7 @@ def main() -> None:
                 capture_output=True,
                 text=True,
             ).stdout
+            os.sync()  # the input is cached but no longer dirty, for both sides alike
             child = subprocess.run(
                 [sys.executable, __file__, "--pack", str(root), str(ft_out), str(home), gen],
                 env=env,
