@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import json
 import os
+import signal
 import socket
 import ssl
 import tempfile
@@ -132,6 +133,19 @@ class Recorder:
         self.on_data = None
         self.rcpt_reply = None
         self.seen = 0
+
+
+def kill_sender_on(recorder: Recorder, pid: int, index: int) -> None:
+    """While the server holds message ``index`` (0-based), kill -9 the process sending it and
+    answer 451 (the sender never learns the answer)."""
+
+    def on_data(server: Any, envelope: Any, i: int) -> str | None:
+        if i == index:
+            os.kill(pid, signal.SIGKILL)
+            return "451 4.3.0 sender went away"
+        return None
+
+    recorder.on_data = on_data
 
 
 def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:

@@ -23,6 +23,7 @@ from tests.integration.mail.support import (
     SMTP_USER,
     JsonCheckpoint,
     SmtpServer,
+    kill_sender_on,
     start_smtp,
 )
 from uploader.base import DeliveryMeta, MemoryCheckpoint, PermanentError, TransientError
@@ -34,7 +35,8 @@ SITE = {"company": "ACME Telecom", "contract": "TS-2024-117", "contact_email": "
 SUPPORT = "support@vendor.example"
 
 
-def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBackend:
+def helpdesk_settings(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Settings (as parsed from TOML) mailing to ``smtp`` with STARTTLS and AUTH."""
     secret = tmp_path / "smtp.password"
     secret.write_text(SMTP_PASSWORD + "\n")
     helpdesk = {
@@ -48,7 +50,11 @@ def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBac
         "timeout": "10s",
         **overrides,
     }
-    return email_backend(Settings.model_validate({"site": SITE, "helpdesk": helpdesk}))
+    return {"site": SITE, "helpdesk": helpdesk}
+
+
+def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBackend:
+    return email_backend(Settings.model_validate(helpdesk_settings(smtp, tmp_path, **overrides)))
 
 
 def make_bundle(
@@ -233,21 +239,7 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
     """The sending process is killed (SIGKILL) while the server holds part 3; the next
     attempt, from the checkpoint on disk, sends part 3 only."""
     path, meta = make_bundle(tmp_path, 260_000)
-    secret = tmp_path / "smtp.password"
-    secret.write_text(SMTP_PASSWORD)
-    settings = {
-        "site": SITE,
-        "helpdesk": {
-            "backend": "email",
-            "host": smtp.host,
-            "port": smtp.port,
-            "ca_file": str(smtp.ca_file),
-            "username": SMTP_USER,
-            "password": {"file": str(secret)},
-            "to": SUPPORT,
-            "max_attachment_bytes": 100_000,
-        },
-    }
+    settings = helpdesk_settings(smtp, tmp_path, max_attachment_bytes=100_000)
     ckpt = tmp_path / "item.checkpoint.json"
     arg = json.dumps(
         {"settings": settings, "bundle": str(path), "meta": meta.to_json(), "checkpoint": str(ckpt)}
@@ -257,14 +249,7 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
     )
-
-    def crash_on_third(server: Any, envelope: Any, index: int) -> str | None:
-        if index == 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            return "451 4.3.0 sender went away"
-        return None
-
-    smtp.recorder.on_data = crash_on_third
+    kill_sender_on(smtp.recorder, proc.pid, 2)
     try:
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 
 from tests.conftest import Cli
-from tests.integration.mail.support import SmtpServer
+from tests.integration.mail.support import SmtpServer, kill_sender_on
 from tests.integration.mail.test_collect_email import email_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -32,14 +30,7 @@ def test_kill_9_mid_delivery_then_outbox_deliver_sends_only_missing_parts(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-    def kill_on_third(server: Any, envelope: Any, index: int) -> str | None:
-        if index == 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            return "451 4.3.0 sender went away"
-        return None
-
-    smtp.recorder.on_data = kill_on_third
+    kill_sender_on(smtp.recorder, proc.pid, 2)
     try:
         proc.communicate(timeout=120)
     finally:
