@@ -7,8 +7,6 @@ import hashlib
 import json
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -23,13 +21,7 @@ def test_kill_9_mid_delivery_then_outbox_deliver_sends_only_missing_parts(
     cli: Cli, smtp: SmtpServer
 ) -> None:
     email_site(cli, smtp, "max_attachment_bytes = 200")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "collect", "--json"],
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = cli.start("collect", "--json")
     kill_sender_on(smtp.recorder, proc.pid, 2)
     try:
         proc.communicate(timeout=120)
