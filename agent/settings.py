@@ -77,6 +77,9 @@ class SecretRef(Model):
             raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
 
 
+_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
 class Site(Model):
     company: str = ""
     contract: str = ""
@@ -85,7 +88,7 @@ class Site(Model):
     @field_validator("contact_email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        if value and not re.fullmatch(_EMAIL_RE, value):
             raise ValueError(f"expected an e-mail address like noc@example.com, got {value!r}")
         return value
 
@@ -138,9 +141,6 @@ class Vendor(Model):
                     ) from None
             return out
         return value
-
-
-_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
 
 
 def _check_address(value: str) -> str:
