@@ -75,7 +75,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     from tests.bench.timing import timed_run as run
-    from tests.integration.mail.support import free_port
+    from tests.fixtures.ports import free_port
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=100)

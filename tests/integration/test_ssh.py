@@ -29,7 +29,8 @@ from collectors.base import (
 )
 from collectors.ssh import SshCapture, SshCommand, SshFile, SshSession
 from tests.fixtures import sshd as fx
-from tests.fixtures.sshd import SSHD_USER_PASSWORD, Sshd, free_port, running_sshd
+from tests.fixtures.ports import free_port
+from tests.fixtures.sshd import SSHD_USER_PASSWORD, Sshd, running_sshd
 from tests.fixtures.tcp_proxy import CuttingProxy
 from tests.fixtures.tshark import tshark_count
 

@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import Cli
 from tests.e2e.helpers import manifest_of, open_with_stock_tools
 from tests.fixtures import sshd as fx
-from tests.fixtures.sshd import Sshd, free_port
+from tests.fixtures.ports import free_port
+from tests.fixtures.sshd import Sshd
 from tests.fixtures.tcp_proxy import CuttingProxy
 
 pytestmark = pytest.mark.integration

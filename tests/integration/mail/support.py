@@ -8,7 +8,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 import tempfile
 import threading
@@ -22,15 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.ports import free_port
+
 SMTP_USER = "ft-relay"
 SMTP_PASSWORD = "ft-Relay-Passw0rd!"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:

@@ -135,7 +135,7 @@ def test_other_4xx_and_redirects_are_permanent(http_endpoint: HttpEndpoint, tmp_
 
 
 def test_nothing_listening_is_transient(tmp_path: Path) -> None:
-    from tests.integration.mail.support import free_port
+    from tests.fixtures.ports import free_port
 
     backend = http_backend(
         Settings.model_validate(
