@@ -4,6 +4,7 @@ endpoint built on the stdlib ``http.server`` (multipart parsed by the stdlib ``e
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -12,6 +13,7 @@ import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
@@ -22,9 +24,31 @@ from pathlib import Path
 from typing import Any
 
 from tests.fixtures.ports import free_port
+from uploader.base import DeliveryMeta
 
 SMTP_USER = "ft-relay"
 SMTP_PASSWORD = "ft-Relay-Passw0rd!"
+
+
+def bundle_file(
+    directory: Path, data: bytes, profile: str, **meta: Any
+) -> tuple[Path, DeliveryMeta]:
+    """``data`` saved as a bundle of device gw1 of ACME Telecom (named like the agent names
+    them) and its DeliveryMeta; ``meta`` sets the other fields."""
+    bid = uuid.uuid4().hex
+    name = f"acme-telecom-gw1-{profile}-20261201T100000Z-{bid[:8]}.tar.zst.age"
+    path = directory / name
+    path.write_bytes(data)
+    fields: dict[str, Any] = {"company": "ACME Telecom", "contract": "TS-2024-117", **meta}
+    return path, DeliveryMeta(
+        bundle_id=bid,
+        name=name,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        devices=("gw1",),
+        profile=profile,
+        **fields,
+    )
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:

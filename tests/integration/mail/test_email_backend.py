@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.integration.mail.support import (
     SMTP_USER,
     JsonCheckpoint,
     SmtpServer,
+    bundle_file,
     kill_sender_on,
     start_smtp,
 )
@@ -60,25 +60,17 @@ def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBac
 def make_bundle(
     tmp_path: Path, size: int, ticket: str | None = "4711"
 ) -> tuple[Path, DeliveryMeta]:
-    bid = uuid.uuid4().hex
-    name = f"acme-telecom-gw1-sip-calls-20261201T100000Z-{bid[:8]}.tar.zst.age"
-    path = tmp_path / name
-    data = os.urandom(size)
-    path.write_bytes(data)
-    meta = DeliveryMeta(
-        bundle_id=bid,
-        name=name,
-        size=size,
-        sha256=hashlib.sha256(data).hexdigest(),
+    path, meta = bundle_file(
+        tmp_path,
+        os.urandom(size),
+        "sip-calls",
         ticket=ticket,
         company=SITE["company"],
         contract=SITE["contract"],
         contact_email=SITE["contact_email"],
-        devices=("gw1",),
-        profile="sip-calls",
-        summary=f"fieldtrace bundle {bid[:8]}: profile sip-calls on gw1; 2 steps ok 2",
     )
-    return path, meta
+    summary = f"fieldtrace bundle {meta.bundle_id[:8]}: profile sip-calls on gw1; 2 steps ok 2"
+    return path, replace(meta, summary=summary)
 
 
 def test_bundle_mailed_from_registered_address_with_company_contract_ticket(
