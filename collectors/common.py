@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 
 from collectors.base import Duration, Facts, Options, Size, StepFailed, StepPartial
 
+STDERR_CAP = 1024 * 1024  # a command's stderr kept at most (stderr.txt)
+
 
 class CommandOptions(Options):
     command: str = Field(min_length=1)

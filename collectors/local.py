@@ -26,9 +26,14 @@ from collectors.base import (
     StepSkipped,
     StepTimeout,
 )
-from collectors.common import CommandOptions, FileOptions, file_artifact, files_outcome, last_line
-
-_STDERR_CAP = 1024 * 1024
+from collectors.common import (
+    STDERR_CAP,
+    CommandOptions,
+    FileOptions,
+    file_artifact,
+    files_outcome,
+    last_line,
+)
 
 
 def _pump(src: IO[bytes], dst: CappedWriter | bytearray, cap: int) -> None:
@@ -89,7 +94,7 @@ class LocalCommand(Collector):
         with ctx.sink.open(options.output or "output.txt", options.max_bytes) as out:
             pumps = [
                 threading.Thread(target=_pump, args=(proc.stdout, out, options.max_bytes)),
-                threading.Thread(target=_pump, args=(proc.stderr, stderr, _STDERR_CAP)),
+                threading.Thread(target=_pump, args=(proc.stderr, stderr, STDERR_CAP)),
             ]
             for t in pumps:
                 t.start()

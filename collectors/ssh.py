@@ -44,14 +44,20 @@ from collectors.base import (
     StepSkipped,
     StepTimeout,
 )
-from collectors.common import CommandOptions, FileOptions, file_artifact, files_outcome, last_line
+from collectors.common import (
+    STDERR_CAP,
+    CommandOptions,
+    FileOptions,
+    file_artifact,
+    files_outcome,
+    last_line,
+)
 
 if TYPE_CHECKING:
     import paramiko
 
 log = logging.getLogger(__name__)
 
-STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_RECONNECTS = 2
 # channel window and packet size: paramiko's cost is per packet, so a wide window and big
