@@ -28,6 +28,7 @@ from pydantic import (
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
 from collectors.base import Duration, Size
+from uploader.base import is_loopback
 
 DEFAULT_PATHS = (Path("fieldtrace.toml"), Path("/etc/fieldtrace/fieldtrace.toml"))
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -76,6 +77,9 @@ class SecretRef(Model):
             raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
 
 
+_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
 class Site(Model):
     company: str = ""
     contract: str = ""
@@ -84,7 +88,7 @@ class Site(Model):
     @field_validator("contact_email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        if value and not re.fullmatch(_EMAIL_RE, value):
             raise ValueError(f"expected an e-mail address like noc@example.com, got {value!r}")
         return value
 
@@ -139,18 +143,6 @@ class Vendor(Model):
         return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s]+"
-
-
 def _check_address(value: str) -> str:
     if not re.fullmatch(_EMAIL_RE, value):
         raise ValueError(f"expected an e-mail address like support@vendor.example, got {value!r}")
@@ -182,7 +174,7 @@ class EmailHelpdesk(Model):
     def _auth(self) -> EmailHelpdesk:
         if (self.username is None) != (self.password is None):
             raise ValueError("give both username and password (a secret reference), or neither")
-        if self.tls == "none" and self.password is not None and not _is_loopback(self.host):
+        if self.tls == "none" and self.password is not None and not is_loopback(self.host):
             raise ValueError(
                 f'tls = "none" would send the SMTP password in clear text to {self.host}: '
                 'use tls = "starttls" or "tls", or a relay on 127.0.0.1'
@@ -240,7 +232,7 @@ class HttpHelpdesk(Model):
         from urllib.parse import urlsplit
 
         host = urlsplit(self.url).hostname or ""
-        if self.url.startswith("http:") and self.auth_value is not None and not _is_loopback(host):
+        if self.url.startswith("http:") and self.auth_value is not None and not is_loopback(host):
             raise ValueError(
                 f"an http:// URL would send the {self.auth_header} secret in clear text to "
                 f"{host}: use https://"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.errors import ConfigError
-from agent.settings import Device
+from agent.settings import Device, Ssh
 from collectors.base import StepFailed
 from collectors.ssh import SshSession
 
@@ -229,12 +229,16 @@ def open_ssh(device: Device, home: Path) -> SshSession:
     return session
 
 
+def _ssh_settings(device: Device) -> Ssh:
+    if device.ssh is None:
+        raise StepFailed(f"{device.name}: no ssh settings in the site config")
+    return device.ssh
+
+
 def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]:
     import paramiko
 
-    ssh = device.ssh
-    if ssh is None:
-        raise StepFailed(f"{device.name}: no ssh settings in the site config")
+    ssh = _ssh_settings(device)
     timeout = float(ssh.timeout)
     pkey = None
     if ssh.key is not None:
@@ -255,6 +259,12 @@ def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]
     load_known_hosts(home, client.get_host_keys())  # the site's file only, never ~/.ssh
     client.set_missing_host_key_policy(_policy(device.name))
     where = f"{device.address}:{ssh.port}"
+
+    def close() -> None:
+        client.close()
+        if via:
+            via.close()
+
     try:
         client.connect(
             device.address,
@@ -271,19 +281,13 @@ def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]
             look_for_keys=False,
         )
     except StepFailed:
-        client.close()
-        if via:
-            via.close()
+        close()
         raise
     except paramiko.BadHostKeyException as exc:
-        client.close()
-        if via:
-            via.close()
+        close()
         raise ChangedHostKey(device.name, exc.key, exc.expected_key) from None
     except paramiko.AuthenticationException as exc:
-        client.close()
-        if via:
-            via.close()
+        close()
         how = (
             "key"
             if pkey and not password
@@ -296,9 +300,7 @@ def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]
             f"({how} refused: {exc}); check the device's ssh username and credentials"
         ) from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        client.close()
-        if via:
-            via.close()
+        close()
         text = str(exc) or type(exc).__name__
         low = text.lower()
         slow = ("timeout", "timed out", "banner", "no existing session", "negotiation failed")
@@ -321,9 +323,7 @@ def fetch_host_key(device: Device, home: Path) -> paramiko.PKey:
     """The device's host key, from a handshake without authentication (for ``trust``)."""
     import paramiko
 
-    ssh = device.ssh
-    if ssh is None:
-        raise StepFailed(f"{device.name}: no ssh settings in the site config")
+    ssh = _ssh_settings(device)
     timeout = float(ssh.timeout)
     via: SshSession | None = None
     sock: Any = None

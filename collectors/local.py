@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -14,25 +13,27 @@ import time
 from pathlib import Path
 from typing import IO
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from collectors.base import (
     CappedWriter,
     Collector,
     DeviceInfo,
-    Duration,
     Facts,
-    Options,
     SinkClosed,
-    Size,
     StepContext,
     StepFailed,
-    StepPartial,
     StepSkipped,
     StepTimeout,
 )
-
-_STDERR_CAP = 1024 * 1024
+from collectors.common import (
+    STDERR_CAP,
+    CommandOptions,
+    FileOptions,
+    file_artifact,
+    files_outcome,
+    last_line,
+)
 
 
 def _pump(src: IO[bytes], dst: CappedWriter | bytearray, cap: int) -> None:
@@ -47,14 +48,7 @@ def _pump(src: IO[bytes], dst: CappedWriter | bytearray, cap: int) -> None:
                 dst.write(chunk)
 
 
-class LocalCommandOptions(Options):
-    command: str = Field(min_length=1)
-    timeout: Duration = 60.0
-    max_bytes: Size = 64 * 1024**2
-    ok_exit_codes: tuple[int, ...] = (0,)
-    missing_ok: bool = False
-    output: str | None = None
-
+class LocalCommandOptions(CommandOptions):
     @field_validator("command")
     @classmethod
     def _splits(cls, value: str) -> str:
@@ -100,7 +94,7 @@ class LocalCommand(Collector):
         with ctx.sink.open(options.output or "output.txt", options.max_bytes) as out:
             pumps = [
                 threading.Thread(target=_pump, args=(proc.stdout, out, options.max_bytes)),
-                threading.Thread(target=_pump, args=(proc.stderr, stderr, _STDERR_CAP)),
+                threading.Thread(target=_pump, args=(proc.stderr, stderr, STDERR_CAP)),
             ]
             for t in pumps:
                 t.start()
@@ -127,9 +121,8 @@ class LocalCommand(Collector):
                 f"{argv[0]} still running after {time.monotonic() - started:.1f}s; killed"
             )
         if proc.returncode not in options.ok_exit_codes:
-            last = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            detail = f": {last[0][:200]}" if last[0] else ""
-            raise StepFailed(f"exit status {proc.returncode}{detail}")
+            detail = last_line(stderr, 200)
+            raise StepFailed(f"exit status {proc.returncode}{': ' + detail if detail else ''}")
         return facts
 
 
@@ -144,23 +137,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-class LocalFileOptions(Options):
-    path: str | tuple[str, ...]
-    max_bytes: Size = 16 * 1024**2
-    total_max_bytes: Size = 256 * 1024**2
-    tail: bool = False
-    missing_ok: bool = False
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        for p in (value,) if isinstance(value, str) else value:
-            if not p.startswith("/"):
-                raise ValueError(f"expected an absolute path or glob, got {p!r}")
-        return value
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=/-]")
+class LocalFileOptions(FileOptions):
+    pass
 
 
 class LocalFile(Collector):
@@ -173,7 +151,7 @@ class LocalFile(Collector):
     summary = "copy files matching globs from this host, with size caps and tail mode"
 
     def collect(self, ctx: StepContext, device: DeviceInfo, options: LocalFileOptions) -> Facts:
-        patterns = (options.path,) if isinstance(options.path, str) else options.path
+        patterns = options.patterns
         paths = sorted({p for pat in patterns for p in glob.glob(pat) if os.path.isfile(p)})
         if not paths:
             msg = f"no file matches {', '.join(patterns)}"
@@ -187,20 +165,14 @@ class LocalFile(Collector):
             if room <= 0:
                 errors.append(f"{src}: not copied, total_max_bytes reached")
                 continue
-            name = "files/" + _UNSAFE.sub("_", src.lstrip("/"))
             try:
                 total += self._copy(
-                    ctx, Path(src), name, min(options.max_bytes, room), options.tail
+                    ctx, Path(src), file_artifact(src), min(options.max_bytes, room), options.tail
                 )
                 copied.append(src)
             except OSError as exc:
                 errors.append(f"{src}: {exc.strerror or exc}")
-        facts: Facts = {"files": copied, "bytes": total}
-        if errors and not copied:
-            raise StepFailed("; ".join(errors))
-        if errors:
-            raise StepPartial("; ".join(errors), facts)
-        return facts
+        return files_outcome({"files": copied, "bytes": total}, copied, errors)
 
     @staticmethod
     def _copy(ctx: StepContext, src: Path, name: str, cap: int, tail: bool) -> int:

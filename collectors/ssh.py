@@ -44,13 +44,20 @@ from collectors.base import (
     StepSkipped,
     StepTimeout,
 )
+from collectors.common import (
+    STDERR_CAP,
+    CommandOptions,
+    FileOptions,
+    file_artifact,
+    files_outcome,
+    last_line,
+)
 
 if TYPE_CHECKING:
     import paramiko
 
 log = logging.getLogger(__name__)
 
-STDERR_CAP = 1024 * 1024
 CHUNK = 256 * 1024
 MAX_RECONNECTS = 2
 # channel window and packet size: paramiko's cost is per packet, so a wide window and big
@@ -395,21 +402,13 @@ def _session(ctx: StepContext) -> SshSession:
 
 
 def _last_line(data: bytes) -> str:
-    lines = data.decode("utf-8", "replace").strip().splitlines()
-    return lines[-1][:300] if lines else ""
+    return last_line(data, 300)
 
 
 # --- ssh.command ---------------------------------------------------------------------------
 
 
-class SshCommandOptions(Options):
-    command: str = Field(min_length=1)
-    timeout: Duration = 60.0
-    max_bytes: Size = 64 * 1024**2
-    ok_exit_codes: tuple[int, ...] = (0,)
-    missing_ok: bool = False
-    output: str | None = None
-
+class SshCommandOptions(CommandOptions):
     @field_validator("command")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -468,24 +467,10 @@ class SshCommand(Collector):
 # --- ssh.file ------------------------------------------------------------------------------
 
 
-class SshFileOptions(Options):
-    path: str | tuple[str, ...]
-    max_bytes: Size = 16 * 1024**2
-    total_max_bytes: Size = 256 * 1024**2
-    tail: bool = False
+class SshFileOptions(FileOptions):
     since: Duration | None = None
-    missing_ok: bool = False
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-        for p in (value,) if isinstance(value, str) else value:
-            if not p.startswith("/"):
-                raise ValueError(f"expected an absolute path or glob, got {p!r}")
-        return value
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+@=/-]")
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -555,7 +540,7 @@ class SshFile(Collector):
 
         session = _session(ctx)
         sftp = session.sftp()
-        patterns = (options.path,) if isinstance(options.path, str) else options.path
+        patterns = options.patterns
         matches: dict[str, Any] = {}
         try:
             for pat in patterns:
@@ -585,9 +570,8 @@ class SshFile(Collector):
             if room <= 0:
                 errors.append(f"{path}: not fetched, total_max_bytes reached")
                 continue
-            name = "files/" + _UNSAFE.sub("_", path.lstrip("/"))
             size = matches[path].st_size or 0
-            with ctx.sink.open(name, min(options.max_bytes, room)) as out:
+            with ctx.sink.open(file_artifact(path), min(options.max_bytes, room)) as out:
                 try:
                     self._fetch(ctx, sftp, path, size, out, options.tail)
                     copied.append(path)
@@ -612,11 +596,7 @@ class SshFile(Collector):
         facts: Facts = {"files": copied, "bytes": total, "matched": len(matches)}
         if old:
             facts["older_than_since"] = old
-        if errors and not copied:
-            raise StepFailed("; ".join(errors))
-        if errors:
-            raise StepPartial("; ".join(errors), facts)
-        return facts
+        return files_outcome(facts, copied, errors)
 
     @staticmethod
     def _fetch(

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,18 @@ class Cli:
                 f"exit {proc.returncode} != {check}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
             )
         return proc
+
+    def start(self, *args: str, **popen: Any) -> subprocess.Popen[str]:
+        """Start ``fieldtrace ARGS`` without waiting for it: text mode, stdout and stderr
+        piped (``popen`` adds or overrides Popen arguments, e.g. ``stdin=``)."""
+        kwargs: dict[str, Any] = {
+            "cwd": self.cwd,
+            "env": self.env,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+            **popen,
+        }
+        return subprocess.Popen([sys.executable, "-m", "agent", *args], text=True, **kwargs)
 
 
 @pytest.fixture

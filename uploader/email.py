@@ -23,7 +23,6 @@ permanent.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import math
 import re
@@ -44,6 +43,7 @@ from uploader.base import (
     PermanentError,
     Receipt,
     TransientError,
+    is_loopback,
 )
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,6 @@ class SmtpConfig:
     timeout: float = 60.0
     max_attachment_bytes: int = 10 * 1000**2
     oversize: Literal["split", "refuse"] = "split"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def part_name(name: str, index: int, total: int) -> str:
@@ -158,7 +149,7 @@ class EmailBackend:
             smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
         try:
             smtp.ehlo()
-            if cfg.tls == "starttls" and not smtp.has_extn("starttls") and _loopback(cfg.host):
+            if cfg.tls == "starttls" and not smtp.has_extn("starttls") and is_loopback(cfg.host):
                 log.info("email: %s offers no STARTTLS; plain on loopback", self._where())
             elif cfg.tls == "starttls":
                 if not smtp.has_extn("starttls"):

@@ -20,10 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uploader.base import Checkpoint, DeliveryMeta, PermanentError, Receipt, TransientError
+from uploader.base import (
+    Checkpoint,
+    DeliveryMeta,
+    PermanentError,
+    Receipt,
+    TransientError,
+    big_blocks_adapter,
+)
 
 log = logging.getLogger(__name__)
-_BLOCK = 1024 * 1024
 
 META_FIELDS = (
     "bundle_id",
@@ -57,18 +63,6 @@ class HttpConfig:
 def _excerpt(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _big_blocks() -> Any:
-    """An adapter sending the body in 1 MiB writes (urllib3's default 16 KiB costs ~4x)."""
-    from requests.adapters import HTTPAdapter
-
-    class BigBlocks(HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["blocksize"] = _BLOCK
-            super().init_poolmanager(*args, **kwargs)
-
-    return BigBlocks()
 
 
 class HttpBackend:
@@ -109,8 +103,8 @@ class HttpBackend:
             encoder = MultipartEncoder(fields=fields)
             headers["Content-Type"] = encoder.content_type
             with requests.Session() as session:
-                session.mount("https://", _big_blocks())
-                session.mount("http://", _big_blocks())
+                session.mount("https://", big_blocks_adapter())
+                session.mount("http://", big_blocks_adapter())
                 resp = session.post(
                     cfg.url,
                     data=encoder,

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from uploader.base import (
@@ -54,11 +53,11 @@ from uploader.base import (
     PermanentError,
     Receipt,
     TransientError,
+    big_blocks_adapter,
 )
 
 log = logging.getLogger(__name__)
 MARKER = "fieldtrace-bundle:"
-BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,6 @@ class RedmineOptions:
 
 class _NotSent(TransientError):
     """No connection could be made: the request certainly did not reach the server."""
-
-
-class _BigBlocks(HTTPAdapter):
-    """Send request bodies in 1 MiB blocks (urllib3's default is 16 KiB)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = BLOCK
-        super().init_poolmanager(*args, **kwargs)
 
 
 class _Reader:
@@ -135,8 +126,8 @@ class RedmineBackend:
         s.headers["X-Redmine-API-Key"] = self.o.api_key
         s.headers["User-Agent"] = "fieldtrace"
         s.verify = self.o.verify
-        s.mount("http://", _BigBlocks())
-        s.mount("https://", _BigBlocks())
+        s.mount("http://", big_blocks_adapter())
+        s.mount("https://", big_blocks_adapter())
         return s
 
     def _call(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from collectors.firewall.model import (
+    L4_NUMBERS,
     TCP_FLAGS,
     Action,
     Chain,
@@ -28,6 +28,7 @@ from collectors.firewall.model import (
     iface_matches,
     negate,
     parse_net,
+    service_port,
 )
 
 Pred = Callable[[Packet], Tri]
@@ -44,7 +45,6 @@ HOOKS: dict[str, dict[str, tuple[str, int]]] = {
     "security": {"INPUT": ("input", 50), "FORWARD": ("forward", 50), "OUTPUT": ("output", 50)},
 }  # fmt: skip
 BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 # targets that never change whether the packet is accepted
 NOOP_TARGETS = {
     "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "MARK", "CONNMARK", "CONNSECMARK", "SECMARK",
@@ -102,12 +102,12 @@ def _proto_pred(value: str) -> Pred:
     v = value.lower()
     if v in ("all", "0"):
         return lambda pkt: True
-    number = PROTO_NUMBERS.get(v)
+    number = L4_NUMBERS.get(v)
     if number is None and v.isdigit():
         number = int(v)
 
     def pred(pkt: Packet) -> Tri:
-        return PROTO_NUMBERS[pkt.proto] == number
+        return L4_NUMBERS[pkt.proto] == number
 
     return pred
 
@@ -131,12 +131,10 @@ def _addr_pred(value: str, field_name: str, table: Table) -> Pred:
 
 
 def _port(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        return socket.getservbyname(text)
-    except OSError:
-        raise FirewallError(f"unknown port or service name {text!r}") from None
+    port = service_port(text)
+    if port is None:
+        raise FirewallError(f"unknown port or service name {text!r}")
+    return port
 
 
 def _port_spec(text: str, table: Table) -> list[tuple[int, int]]:
@@ -302,7 +300,7 @@ def parse_rule(line: str, table: Table, source: str, position: int) -> tuple[str
         pred: Pred | None = None
         if opt in ("-p", "--protocol"):
             value = tok.next(opt)
-            proto = value.lower() if value.lower() in PROTO_NUMBERS else proto
+            proto = value.lower() if value.lower() in L4_NUMBERS else proto
             pred = _proto_pred(value)
         elif opt in ("-s", "--source", "--src", "-d", "--destination", "--dst"):
             pred = _addr_pred(tok.next(opt), "src" if opt in ("-s", "--source", "--src") else "dst",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -29,6 +30,7 @@ Proto = Literal["tcp", "udp"]
 Hook = Literal["input", "forward", "output"]
 Verdict = Literal["accept", "drop", "reject", "unknown"]
 
+L4_NUMBERS = {"tcp": 6, "udp": 17}  # the layer-4 protocols modelled, by IP protocol number
 TCP_FLAGS = ("fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr")
 HOOK_ORDER = {"ingress": 0, "prerouting": 1, "input": 2, "forward": 2, "output": 2,
               "postrouting": 3}  # fmt: skip
@@ -400,6 +402,16 @@ def _evaluate_path(ruleset: Ruleset, pkt: Packet) -> Evaluation:
 
 
 @functools.lru_cache(maxsize=65536)
+def service_port(name: str) -> int | None:
+    """A port given as a number or a service name (/etc/services); None if unknown."""
+    if name.isdigit():
+        return int(name)
+    try:
+        return socket.getservbyname(name)
+    except OSError:
+        return None
+
+
 def parse_net(text: str) -> Net:
     return ipaddress.ip_network(text, strict=False)
 

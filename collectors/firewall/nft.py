@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.firewall.model import (
+    L4_NUMBERS,
     TCP_FLAGS,
     Action,
     Chain,
@@ -33,12 +33,12 @@ from collectors.firewall.model import (
     iface_matches,
     negate,
     parse_net,
+    service_port,
 )
 
 ABSENT = object()  # the packet has no such header: the match is false whatever its operator
 NOOP_STATEMENTS = {"counter", "log", "mangle", "set", "comment", "ct helper", "meter"}
 VERDICTS = ("accept", "drop", "reject", "return", "jump", "goto", "continue", "queue")
-L4_NUMBERS = {"tcp": 6, "udp": 17}
 
 
 class _Unknown(Exception):
@@ -128,12 +128,10 @@ def _flags(x: Any) -> frozenset[str]:
 def _as_port(x: Any) -> int:
     if isinstance(x, int):
         return x
-    if isinstance(x, str) and x.isdigit():
-        return int(x)
-    try:
-        return socket.getservbyname(str(x))
-    except OSError:
-        raise _Unknown(f"unknown service {x!r}") from None
+    port = service_port(str(x))
+    if port is None:
+        raise _Unknown(f"unknown service {x!r}")
+    return port
 
 
 def _elem_matches(v: Any, elem: Any, table: Table) -> bool:

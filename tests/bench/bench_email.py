@@ -59,22 +59,6 @@ with open(tmp / "bundle.tar.zst.age", "rb") as fh:
 """
 
 
-def run(argv: list[str]) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of one client process, measured by GNU time: wait4 from a
-    big parent would report at least the parent's size (exec keeps the forked image's peak)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *argv],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit {proc.returncode}: {proc.stderr[-500:]}")
-    return elapsed, int(proc.stderr.strip().splitlines()[-1])
-
-
 def start_server(port: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink"]
     proc = subprocess.Popen([*argv, "-l", f"127.0.0.1:{port}"])
@@ -90,7 +74,8 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 
 
 def main() -> None:
-    from tests.integration.mail.support import free_port
+    from tests.bench.timing import timed_run as run
+    from tests.fixtures.ports import free_port
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=100)

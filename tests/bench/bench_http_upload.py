@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
 CLIENT = """
 import sys
@@ -60,23 +59,9 @@ class Sink(BaseHTTPRequestHandler):
         self.wfile.write(b"{}")
 
 
-def run(argv: list[str]) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of one client process, measured by GNU time: wait4 from a
-    big parent would report at least the parent's size (exec keeps the forked image's peak)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", *argv],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit {proc.returncode}: {proc.stderr[-500:]}")
-    return elapsed, int(proc.stderr.strip().splitlines()[-1])
-
-
 def main() -> None:
+    from tests.bench.timing import timed_run as run
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=3)

@@ -23,15 +23,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from agent.kb import KnowledgeBase, parse_kb  # noqa: E402
-from agent.runner import Runner, make_plan  # noqa: E402
 from agent.settings import Settings  # noqa: E402
+from tests.bench.timing import time_profile  # noqa: E402
 
 COMMANDS = [
     "show version",
@@ -106,17 +105,7 @@ def run(
             ],
         }
     )
-    plan = make_plan(settings, knowledge, settings.inventory(), "default")
-    staging = Path(tempfile.mkdtemp(prefix="bench-staging-"))
-    try:
-        t0 = time.monotonic()
-        results = Runner(plan, staging, parallel, home=home).run()
-        took = time.monotonic() - t0
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    bad = [r for r in results if r.status != "ok"]
-    assert not bad, [(r.device, r.step, r.status, r.error) for r in bad[:5]]
-    return took
+    return time_profile(settings, knowledge, home, parallel)
 
 
 def main() -> None:

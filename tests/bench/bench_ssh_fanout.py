@@ -22,15 +22,14 @@ import resource
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from agent.kb import KnowledgeBase, parse_kb  # noqa: E402
-from agent.runner import Runner, make_plan  # noqa: E402
 from agent.settings import Settings  # noqa: E402
+from tests.bench.timing import time_profile  # noqa: E402
 from tests.fixtures.sshd import Sshd, running_sshd, throwaway_user  # noqa: E402
 
 
@@ -63,20 +62,7 @@ def run(
             ],
         }
     )
-    plan = make_plan(settings, knowledge, list(settings.devices), "default")
-    staging = Path(tempfile.mkdtemp(prefix="ft-bench-"))
-    try:
-        t0 = time.monotonic()
-        results = Runner(plan, staging, parallel, home=home).run()
-        wall = time.monotonic() - t0
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    bad = [r for r in results if r.status != "ok"]
-    if bad:
-        raise SystemExit(
-            f"{len(bad)} steps failed, e.g. {bad[0].device}/{bad[0].step}: {bad[0].error}"
-        )
-    return wall
+    return time_profile(settings, knowledge, home, parallel)
 
 
 EXTRA = "MaxStartups 400\nMaxSessions 20"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,14 +133,7 @@ def test_ctrl_c_keeps_what_was_collected(cli: Cli, tmp_path: Path) -> None:
             '{id: never, collector: local.command, command: "echo never"}',
         ],
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "collect", "--json"],
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli.start("collect", "--json")
     staging = cli.home / "staging"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # wait until the slow step runs

@@ -29,8 +29,10 @@ from collectors.base import (
 )
 from collectors.ssh import SshCapture, SshCommand, SshFile, SshSession
 from tests.fixtures import sshd as fx
-from tests.fixtures.sshd import SSHD_USER_PASSWORD, Sshd, free_port, running_sshd
+from tests.fixtures.ports import free_port
+from tests.fixtures.sshd import SSHD_USER_PASSWORD, Sshd, running_sshd
 from tests.fixtures.tcp_proxy import CuttingProxy
+from tests.fixtures.tshark import tshark_count
 
 pytestmark = pytest.mark.integration
 sshd = fx.sshd
@@ -497,18 +499,6 @@ class Traffic:
         self._t.join(5)
 
 
-def read_pcap(path: Path) -> int:
-    """Packets in a pcap according to tshark (fails if the file is not a valid pcap)."""
-    proc = subprocess.run(
-        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.number"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return len(proc.stdout.split())
-
-
 def test_capture_stops_at_each_cap_with_a_valid_pcap(
     root_session: SshSession, tmp_path: Path
 ) -> None:
@@ -525,13 +515,13 @@ def test_capture_stops_at_each_cap_with_a_valid_pcap(
         )
         assert r.error is None, r.error
         assert r.facts["stop_reason"] == "max_packets" and r.facts["packets"] == 25
-        assert read_pcap(r.file("capture.pcap")) == 25
+        assert tshark_count(r.file("capture.pcap")) == 25
         assert r.seconds < 10
 
         r = run(SshCapture(), root_session, tmp_path, interface="lo", filter=flt, duration="1s")
         assert r.error is None, r.error
         assert r.facts["stop_reason"] == "duration" and r.facts["packets"] > 10
-        assert read_pcap(r.file("capture.pcap")) == r.facts["packets"]
+        assert tshark_count(r.file("capture.pcap")) == r.facts["packets"]
         assert 0.9 < r.seconds < 6
 
         r = run(
@@ -547,12 +537,12 @@ def test_capture_stops_at_each_cap_with_a_valid_pcap(
         assert r.facts["stop_reason"] == "max_bytes"
         size = r.file("capture.pcap").stat().st_size
         assert size == r.facts["bytes"] <= 20_000
-        assert read_pcap(r.file("capture.pcap")) == r.facts["packets"] > 0
+        assert tshark_count(r.file("capture.pcap")) == r.facts["packets"] > 0
 
         # the default interface "any" (a cooked-mode link type) reads back as well
         r = run(SshCapture(), root_session, tmp_path, filter=flt, max_packets=5)
         assert r.error is None and r.facts["interface"] == "any", r.error
-        assert read_pcap(r.file("capture.pcap")) == 5
+        assert tshark_count(r.file("capture.pcap")) == 5
     left = subprocess.run(
         ["ps", "-C", "tcpdump", "-o", "args="], capture_output=True, text=True
     ).stdout
@@ -574,7 +564,7 @@ def test_capture_interrupted_keeps_the_packets_so_far(
         )
     assert isinstance(r.error, StepPartial) and "interrupted" in str(r.error)
     assert r.facts["stop_reason"] == "cancelled" and r.facts["packets"] > 0
-    assert read_pcap(r.file("capture.pcap")) == r.facts["packets"]
+    assert tshark_count(r.file("capture.pcap")) == r.facts["packets"]
     assert r.seconds < 6
 
 

@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import Cli
 from tests.e2e.helpers import manifest_of, open_with_stock_tools
 from tests.fixtures import sshd as fx
-from tests.fixtures.sshd import Sshd, free_port
+from tests.fixtures.ports import free_port
+from tests.fixtures.sshd import Sshd
 from tests.fixtures.tcp_proxy import CuttingProxy
 
 pytestmark = pytest.mark.integration
@@ -294,19 +295,10 @@ def test_devices_list_and_probe(cli: Cli, sshd: Sshd) -> None:
 def _trust_on_a_terminal(cli: Cli, answer: str) -> subprocess.CompletedProcess[str]:
     """``devices trust gw1`` with stdin on a pseudo-terminal, typing ``answer``."""
     import pty
-    import sys
 
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "devices", "trust", "gw1"],
-            cwd=cli.cwd,
-            env=cli.env,
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = cli.start("devices", "trust", "gw1", stdin=slave)
         os.write(master, answer.encode() + b"\n")
         out, err = proc.communicate(timeout=60)
     finally:

@@ -118,16 +118,11 @@ def test_ctrl_c_during_delivery_keeps_the_bundle_queued(
     cli: Cli, redmine: Redmine, proxy: FaultProxy
 ) -> None:
     import signal
-    import subprocess
-    import sys
 
     _site(cli, proxy.url, redmine.api_key)
     number = redmine.create_issue("ctrl-c")
     proxy.set_rules([Rule("hold", "POST", r"^/uploads\.json")])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "collect", "--ticket", str(number)],
-        cwd=cli.cwd, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = cli.start("collect", "--ticket", str(number))
     try:
         assert proxy.held.wait(60), "the upload never started"
         proc.send_signal(signal.SIGINT)

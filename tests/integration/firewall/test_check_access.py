@@ -253,18 +253,18 @@ def ns_sshd(bed: NetnsBed) -> Iterator[Sshd]:
         yield server
 
 
-def ssh_site(cli: Cli, server: Sshd) -> None:
+def ssh_site(cli: Cli, server: Sshd, name: str = "gw1", user: str = "root") -> None:
     (cli.home / "known_hosts").write_text(server.known_hosts_line() + "\n")
     key = server.client_key
     site(
         cli,
         f"""
         [[devices]]
-        name = "gw1"
+        name = "{name}"
         type = "fwbox"
         address = "127.0.0.1"
         firewall = "ssh"
-        ssh = {{ port = {server.port}, username = "root", key = {{ file = "{key}" }} }}
+        ssh = {{ port = {server.port}, username = "{user}", key = {{ file = "{key}" }} }}
         """,
     )
 
@@ -306,19 +306,7 @@ def test_collect_bundle_carries_the_verdict(bed: NetnsBed, cli: Cli, ns_sshd: Ss
 
 def test_ssh_user_without_privileges_exit_2(cli: Cli) -> None:
     with throwaway_user() as user, running_sshd(user=user) as server:
-        (cli.home / "known_hosts").write_text(server.known_hosts_line() + "\n")
-        key = server.client_key
-        site(
-            cli,
-            f"""
-            [[devices]]
-            name = "gw2"
-            type = "fwbox"
-            address = "127.0.0.1"
-            firewall = "ssh"
-            ssh = {{ port = {server.port}, username = "{user}", key = {{ file = "{key}" }} }}
-            """,
-        )
+        ssh_site(cli, server, name="gw2", user=user)
         proc = cli.run("check-access", "--json")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = json.loads(proc.stdout)["devices"][0]["error"]

@@ -4,14 +4,16 @@ endpoint built on the stdlib ``http.server`` (multipart parsed by the stdlib ``e
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
-import socket
+import signal
 import ssl
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
@@ -21,15 +23,32 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.ports import free_port
+from uploader.base import DeliveryMeta
+
 SMTP_USER = "ft-relay"
 SMTP_PASSWORD = "ft-Relay-Passw0rd!"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def bundle_file(
+    directory: Path, data: bytes, profile: str, **meta: Any
+) -> tuple[Path, DeliveryMeta]:
+    """``data`` saved as a bundle of device gw1 of ACME Telecom (named like the agent names
+    them) and its DeliveryMeta; ``meta`` sets the other fields."""
+    bid = uuid.uuid4().hex
+    name = f"acme-telecom-gw1-{profile}-20261201T100000Z-{bid[:8]}.tar.zst.age"
+    path = directory / name
+    path.write_bytes(data)
+    fields: dict[str, Any] = {"company": "ACME Telecom", "contract": "TS-2024-117", **meta}
+    return path, DeliveryMeta(
+        bundle_id=bid,
+        name=name,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        devices=("gw1",),
+        profile=profile,
+        **fields,
+    )
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
@@ -132,6 +151,19 @@ class Recorder:
         self.on_data = None
         self.rcpt_reply = None
         self.seen = 0
+
+
+def kill_sender_on(recorder: Recorder, pid: int, index: int) -> None:
+    """While the server holds message ``index`` (0-based), kill -9 the process sending it and
+    answer 451 (the sender never learns the answer)."""
+
+    def on_data(server: Any, envelope: Any, i: int) -> str | None:
+        if i == index:
+            os.kill(pid, signal.SIGKILL)
+            return "451 4.3.0 sender went away"
+        return None
+
+    recorder.on_data = on_data
 
 
 def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:

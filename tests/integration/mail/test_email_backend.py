@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from tests.integration.mail.support import (
     SMTP_USER,
     JsonCheckpoint,
     SmtpServer,
+    bundle_file,
+    kill_sender_on,
     start_smtp,
 )
 from uploader.base import DeliveryMeta, MemoryCheckpoint, PermanentError, TransientError
@@ -34,7 +35,8 @@ SITE = {"company": "ACME Telecom", "contract": "TS-2024-117", "contact_email": "
 SUPPORT = "support@vendor.example"
 
 
-def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBackend:
+def helpdesk_settings(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Settings (as parsed from TOML) mailing to ``smtp`` with STARTTLS and AUTH."""
     secret = tmp_path / "smtp.password"
     secret.write_text(SMTP_PASSWORD + "\n")
     helpdesk = {
@@ -48,31 +50,27 @@ def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBac
         "timeout": "10s",
         **overrides,
     }
-    return email_backend(Settings.model_validate({"site": SITE, "helpdesk": helpdesk}))
+    return {"site": SITE, "helpdesk": helpdesk}
+
+
+def make_backend(smtp: SmtpServer, tmp_path: Path, **overrides: Any) -> EmailBackend:
+    return email_backend(Settings.model_validate(helpdesk_settings(smtp, tmp_path, **overrides)))
 
 
 def make_bundle(
     tmp_path: Path, size: int, ticket: str | None = "4711"
 ) -> tuple[Path, DeliveryMeta]:
-    bid = uuid.uuid4().hex
-    name = f"acme-telecom-gw1-sip-calls-20261201T100000Z-{bid[:8]}.tar.zst.age"
-    path = tmp_path / name
-    data = os.urandom(size)
-    path.write_bytes(data)
-    meta = DeliveryMeta(
-        bundle_id=bid,
-        name=name,
-        size=size,
-        sha256=hashlib.sha256(data).hexdigest(),
+    path, meta = bundle_file(
+        tmp_path,
+        os.urandom(size),
+        "sip-calls",
         ticket=ticket,
         company=SITE["company"],
         contract=SITE["contract"],
         contact_email=SITE["contact_email"],
-        devices=("gw1",),
-        profile="sip-calls",
-        summary=f"fieldtrace bundle {bid[:8]}: profile sip-calls on gw1; 2 steps ok 2",
     )
-    return path, meta
+    summary = f"fieldtrace bundle {meta.bundle_id[:8]}: profile sip-calls on gw1; 2 steps ok 2"
+    return path, replace(meta, summary=summary)
 
 
 def test_bundle_mailed_from_registered_address_with_company_contract_ticket(
@@ -233,21 +231,7 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
     """The sending process is killed (SIGKILL) while the server holds part 3; the next
     attempt, from the checkpoint on disk, sends part 3 only."""
     path, meta = make_bundle(tmp_path, 260_000)
-    secret = tmp_path / "smtp.password"
-    secret.write_text(SMTP_PASSWORD)
-    settings = {
-        "site": SITE,
-        "helpdesk": {
-            "backend": "email",
-            "host": smtp.host,
-            "port": smtp.port,
-            "ca_file": str(smtp.ca_file),
-            "username": SMTP_USER,
-            "password": {"file": str(secret)},
-            "to": SUPPORT,
-            "max_attachment_bytes": 100_000,
-        },
-    }
+    settings = helpdesk_settings(smtp, tmp_path, max_attachment_bytes=100_000)
     ckpt = tmp_path / "item.checkpoint.json"
     arg = json.dumps(
         {"settings": settings, "bundle": str(path), "meta": meta.to_json(), "checkpoint": str(ckpt)}
@@ -257,14 +241,7 @@ def test_retry_after_a_crash_sends_only_the_missing_parts(smtp: SmtpServer, tmp_
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
     )
-
-    def crash_on_third(server: Any, envelope: Any, index: int) -> str | None:
-        if index == 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            return "451 4.3.0 sender went away"
-        return None
-
-    smtp.recorder.on_data = crash_on_third
+    kill_sender_on(smtp.recorder, proc.pid, 2)
     try:
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:

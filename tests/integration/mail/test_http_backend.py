@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import pytest
 
 from agent.delivery import http_backend
 from agent.settings import Settings
-from tests.integration.mail.support import HttpEndpoint, Reply
+from tests.integration.mail.support import HttpEndpoint, Reply, bundle_file
 from uploader.base import DeliveryMeta, PermanentError, TransientError
 from uploader.http import HttpBackend
 
@@ -35,25 +33,15 @@ def make_backend(endpoint: HttpEndpoint, tmp_path: Path, **overrides: Any) -> Ht
 
 
 def make_bundle(tmp_path: Path, size: int) -> tuple[Path, DeliveryMeta]:
-    bid = uuid.uuid4().hex
-    name = f"acme-telecom-gw1-default-20261201T100000Z-{bid[:8]}.tar.zst.age"
     data = os.urandom(size) + b"\r\n--\r\n\r\n" + os.urandom(1000)  # boundary-like bytes inside
-    path = tmp_path / name
-    path.write_bytes(data)
-    meta = DeliveryMeta(
-        bundle_id=bid,
-        name=name,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+    return bundle_file(
+        tmp_path,
+        data,
+        "default",
         ticket="4711",
-        company="ACME Telecom",
-        contract="TS-2024-117",
         contact_email="noc@acme.ex",
-        devices=("gw1",),
-        profile="default",
         summary="fieldtrace bundle: profile default on gw1; 2 steps ok 2",
     )
-    return path, meta
 
 
 def test_bundle_arrives_byte_identical_with_fields_and_auth(
@@ -135,7 +123,7 @@ def test_other_4xx_and_redirects_are_permanent(http_endpoint: HttpEndpoint, tmp_
 
 
 def test_nothing_listening_is_transient(tmp_path: Path) -> None:
-    from tests.integration.mail.support import free_port
+    from tests.fixtures.ports import free_port
 
     backend = http_backend(
         Settings.model_validate(

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-from typing import Any
 
 import pytest
 
 from tests.conftest import Cli
-from tests.integration.mail.support import SmtpServer
+from tests.integration.mail.support import SmtpServer, kill_sender_on
 from tests.integration.mail.test_collect_email import email_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -25,21 +21,8 @@ def test_kill_9_mid_delivery_then_outbox_deliver_sends_only_missing_parts(
     cli: Cli, smtp: SmtpServer
 ) -> None:
     email_site(cli, smtp, "max_attachment_bytes = 200")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "collect", "--json"],
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-    def kill_on_third(server: Any, envelope: Any, index: int) -> str | None:
-        if index == 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            return "451 4.3.0 sender went away"
-        return None
-
-    smtp.recorder.on_data = kill_on_third
+    proc = cli.start("collect", "--json")
+    kill_sender_on(smtp.recorder, proc.pid, 2)
     try:
         proc.communicate(timeout=120)
     finally:

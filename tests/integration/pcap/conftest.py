@@ -135,13 +135,6 @@ def read_seqs(path: Path) -> list[tuple[float, int]]:
     return out
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def tools() -> dict[str, str]:
     """The real tools these tests need: a missing one is a failure, never a skip."""

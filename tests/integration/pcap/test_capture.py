@@ -15,20 +15,14 @@ import pytest
 
 from collectors.base import StepContext, StepFailed
 from tests.conftest import REPO
+from tests.fixtures.tshark import tshark_count
 from tests.integration.pcap.conftest import UdpTarget, read_seqs, run_capture
 
 pytestmark = pytest.mark.integration
 
 
 def _tshark_count(tools: dict[str, str], path: Path) -> int:
-    proc = subprocess.run(
-        [tools["tshark"], "-r", str(path), "-T", "fields", "-e", "frame.number"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return len(proc.stdout.split())
+    return tshark_count(path, tools["tshark"])
 
 
 def test_duration_covers_exactly_the_window_and_keeps_the_last_packets(

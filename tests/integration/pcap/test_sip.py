@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from collectors.base import StepContext
-from tests.integration.pcap.conftest import free_udp_port, run_capture
+from tests.fixtures.ports import free_udp_port
+from tests.integration.pcap.conftest import run_capture
 
 pytestmark = pytest.mark.integration
 CALLS = 25
