@@ -331,6 +331,9 @@ class Snmp(Model):
     timeout: Duration = 2.0
     retries: int = Field(1, ge=0, le=10)
     context: str = ""  # SNMPv3 context name
+    # what walks: "auto" = net-snmp's snmpbulkwalk when installed (Debian package snmp; ~8x
+    # faster on big tables), else pysnmp; "net-snmp" = only snmpbulkwalk; "pysnmp" = never it
+    walker: Literal["auto", "net-snmp", "pysnmp"] = "auto"
 
     @model_validator(mode="after")
     def _credentials(self) -> Snmp:

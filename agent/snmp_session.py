@@ -29,5 +29,11 @@ def open_snmp(device: Device, home: Path) -> SnmpSession:
     )
     address = "127.0.0.1" if device.address in ("localhost", "local") else device.address
     return SnmpSession(
-        device.name, address, s.port, credentials, timeout=s.timeout, retries=s.retries
+        device.name,
+        address,
+        s.port,
+        credentials,
+        timeout=s.timeout,
+        retries=s.retries,
+        walker=s.walker,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import queue
@@ -127,8 +128,10 @@ class SnmpSession:
         *,
         timeout: float = 2.0,
         retries: int = 1,
+        walker: Literal["auto", "net-snmp", "pysnmp"] = "auto",
     ) -> None:
         self.device_name = device_name
+        self.walker = walker
         self.address = address
         self.port = port
         self.credentials = credentials
@@ -144,6 +147,7 @@ class SnmpSession:
         self._addr_name: Any = None
         self._answered = False
         self._given_up: StepFailed | None = None
+        self._closing = threading.Event()
 
     @property
     def where(self) -> str:
@@ -365,6 +369,9 @@ class SnmpSession:
         """
         if self._given_up is not None:
             raise self._given_up
+        if self.walk_engine == "net-snmp":
+            yield from self._netsnmp_walk(oid, max(1, max_repetitions), deadline, cancel)
+            return
         loop = self._start()
         rows: queue.Queue[list[tuple[Oid, Any]] | BaseException | None] = queue.Queue()
         stop = threading.Event()
@@ -396,6 +403,52 @@ class SnmpSession:
         finally:
             stop.set()
             task.cancel()
+
+    @functools.cached_property
+    def walk_engine(self) -> Literal["net-snmp", "pysnmp"]:
+        """What walks: net-snmp's snmpbulkwalk (~8x faster on a fast agent, see
+        collectors/snmp_netsnmp.py) when installed and usable with these credentials."""
+        from collectors import snmp_netsnmp
+
+        if self.walker == "pysnmp":
+            return "pysnmp"
+        why_not = snmp_netsnmp.usable(self.credentials)
+        if why_not is None:
+            return "net-snmp"
+        if self.walker == "net-snmp":
+            raise StepFailed(f'walker = "net-snmp" cannot walk {self.where}: {why_not}')
+        return "pysnmp"
+
+    def _netsnmp_walk(
+        self,
+        oid: Oid,
+        reps: int,
+        deadline: float | None,
+        cancel: threading.Event | None,
+    ) -> Iterator[list[tuple[Oid, Any]]]:
+        from collectors import snmp_netsnmp
+
+        host = f"udp6:[{self.address}]" if ":" in self.address else f"udp:{self.address}"
+        try:
+            for batch in snmp_netsnmp.walk(
+                f"{host}:{self.port}",
+                self.where,
+                self.credentials,
+                oid,
+                max_repetitions=reps,
+                timeout=self.timeout,
+                retries=self.retries,
+                deadline=deadline,
+                cancel=cancel,
+                closed=self._closing,
+            ):
+                self._answered = True
+                yield batch
+        except snmp_netsnmp.NoAnswer:
+            error = _NoAnswer(self._no_answer())
+            if not self._answered:
+                self._given_up = _NoAnswer(f"{error} (not asked again in this job)")
+            raise error from None
 
     async def _walk_task(
         self,
@@ -470,6 +523,7 @@ class SnmpSession:
         return f"sysName={name_text or '?'} uptime={_short_duration(secs)}"
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             self._closed = True
             loop, self._loop = self._loop, None
@@ -688,6 +742,7 @@ class SnmpWalk(Collector):
 
     def collect(self, ctx: StepContext, device: DeviceInfo, options: SnmpWalkOptions) -> Facts:
         session: SnmpSession = ctx.session("snmp")
+        engine = session.walk_engine
         started = time.monotonic()
         writer = _Writer(ctx, options.output, options.numeric)
         rows = pdus = 0
@@ -721,10 +776,12 @@ class SnmpWalk(Collector):
             writer.close()
         facts: Facts = {
             "rows": rows,
-            "pdus": pdus,
             "seconds": round(time.monotonic() - started, 3),
             "stop": stop,
+            "engine": engine,
         }
+        if engine == "pysnmp":
+            facts["pdus"] = pdus  # snmpbulkwalk does not say how many it sent
         if error is not None:
             if rows == 0:
                 raise error

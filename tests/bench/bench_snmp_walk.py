@@ -13,6 +13,9 @@ max-repetitions, in the same run, alternating, best of N rounds. Two agents:
   snmp_passpersist_table.py) answering like a device's agent (0.1 ms of agent work per
   variable); the agent's time counts as it does on real equipment.
 
+fieldtrace runs with each of its walk engines: ``auto`` (the default: net-snmp's
+snmpbulkwalk driven as a child process, its output parsed and rendered by fieldtrace) and
+``pysnmp`` (pysnmp 7 in-process, the fallback when the snmp package is missing).
 Each client runs in its own process: fieldtrace's walk (session open, GETBULKs, rendering
 to snmpwalk text; the session open is also shown apart) is timed inside its process
 (interpreter start and imports excluded);
@@ -53,15 +56,18 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return wall, usage.ru_maxrss, out.decode()
 
 
-def worker(port: int, community: str, oid: str, reps: int, out_path: str) -> None:
-    import pysnmp.hlapi.v3arch.asyncio  # noqa: F401  (imported lazily by the session)
+def worker(port: int, community: str, oid: str, reps: int, out_path: str, walker: str) -> None:
+    if walker == "pysnmp":
+        import pysnmp.hlapi.v3arch.asyncio  # noqa: F401  (imported lazily by the session)
 
     from collectors.snmp import SnmpCredentials, SnmpSession
     from collectors.snmp_format import render, resolve_oid
 
     t0 = time.perf_counter()
-    session = SnmpSession("bench", "127.0.0.1", port, SnmpCredentials("2c", community=community))
-    session._start()  # the walk would open it: timed apart (pysnmp engine ~0.1 s)
+    cred = SnmpCredentials("2c", community=community)
+    session = SnmpSession("bench", "127.0.0.1", port, cred, walker=walker)  # type: ignore[arg-type]
+    if session.walk_engine == "pysnmp":
+        session._start()  # the walk would open it: timed apart (pysnmp engine ~0.1 s)
     opened = time.perf_counter() - t0
     rows = 0
     with open(out_path, "w") as fh:
@@ -69,7 +75,8 @@ def worker(port: int, community: str, oid: str, reps: int, out_path: str) -> Non
             fh.write("".join(render(o, v, None).line() for o, v in batch))
             rows += len(batch)
     session.close()
-    print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "open": opened}))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"rows": rows, "seconds": seconds, "open": opened, "engine": walker}))
 
 
 def bench(name: str, extra: list[str], oid: str, reps: int, rounds: int, tmp: Path) -> None:
@@ -86,54 +93,56 @@ def bench(name: str, extra: list[str], oid: str, reps: int, rounds: int, tmp: Pa
             server.target,
             oid,
         ]
-        ours_out = tmp / f"{name}.txt"
-        ours_argv = [
-            sys.executable,
-            __file__,
-            "--worker",
-            str(server.port),
-            server.community,
-            oid,
-            str(reps),
-            str(ours_out),
-        ]
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        ref_times, ours_times, ours_wall, ours_open = [], [], [], []
-        ref_rss = ours_rss = 0
+        engines = ("auto", "pysnmp")
+        ref_times: list[float] = []
+        ref_rss = 0
         ref_text = ""
-        ours_rows = 0
+        runs: dict[str, dict[str, list[float]]] = {
+            e: {"walk": [], "wall": [], "open": [], "rss": [], "rows": []} for e in engines
+        }
+
+        def argv(engine: str) -> list[str]:
+            out = str(tmp / f"{name}-{engine}.txt")
+            head = [sys.executable, __file__, "--worker", str(server.port), server.community]
+            return [*head, oid, str(reps), out, engine]
+
         for _ in range(rounds):
             wall, rss, ref_text = _measure(ref_argv, server.tool_env())
             ref_times.append(wall)
             ref_rss = max(ref_rss, rss)
-            wall, rss, out = _measure(ours_argv, env)
-            result = json.loads(out)
-            ours_times.append(result["seconds"])
-            ours_open.append(result["open"])
-            ours_wall.append(wall)
-            ours_rows = result["rows"]
-            ours_rss = max(ours_rss, rss)
+            for engine in engines:
+                wall, rss, out = _measure(argv(engine), env)
+                result = json.loads(out)
+                run = runs[engine]
+                run["walk"].append(result["seconds"])
+                run["open"].append(result["open"])
+                run["wall"].append(wall)
+                run["rss"].append(rss)
+                run["rows"].append(result["rows"])
         ref_lines = ref_text.splitlines()
-        ours_lines = ours_out.read_text().splitlines()
-        equal = ref_lines == ours_lines
-        best_ref, best_ours = min(ref_times), min(ours_times)
+        best_ref = min(ref_times)
         print(f"[{name}] table {oid}, max-repetitions {reps}, best of {rounds}")
         print(
-            f"  rows: fieldtrace {ours_rows}, snmpbulkwalk {len(ref_lines)}, "
-            f"text identical: {equal}"
+            f"  snmpbulkwalk: {best_ref:.3f} s (process), {len(ref_lines)} rows, "
+            f"peak RSS {ref_rss / 1024:.1f} MiB"
         )
-        print(f"  snmpbulkwalk: {best_ref:.3f} s (process), peak RSS {ref_rss / 1024:.1f} MiB")
-        print(
-            f"  fieldtrace:   {best_ours:.3f} s (walk incl. {min(ours_open):.3f} s session open; "
-            f"{min(ours_wall):.3f} s as a process), "
-            f"peak RSS {ours_rss / 1024:.1f} MiB"
-        )
-        print(
-            f"  ratio fieldtrace/snmpbulkwalk: {best_ours / best_ref:.2f}x (walk), "
-            f"{min(ours_wall) / best_ref:.2f}x (process)  [target <= 3x]"
-        )
-        if not equal or ours_rows < 10_000:
-            raise SystemExit(f"[{name}] rows differ or fewer than 10 000")
+        for engine in engines:
+            run = runs[engine]
+            equal = (tmp / f"{name}-{engine}.txt").read_text().splitlines() == ref_lines
+            label = "fieldtrace (net-snmp engine)" if engine == "auto" else "fieldtrace (pysnmp)"
+            best = min(run["walk"])
+            print(
+                f"  {label}: {best:.3f} s (walk incl. {min(run['open']):.3f} s session open; "
+                f"{min(run['wall']):.3f} s as a process), {int(run['rows'][-1])} rows, "
+                f"text identical: {equal}, peak RSS {max(run['rss']) / 1024:.1f} MiB"
+            )
+            print(
+                f"    ratio to snmpbulkwalk: {best / best_ref:.2f}x (walk), "
+                f"{min(run['wall']) / best_ref:.2f}x (process)  [target <= 3x]"
+            )
+            if not equal or run["rows"][-1] < 10_000:
+                raise SystemExit(f"[{name}] {engine}: rows differ or fewer than 10 000")
 
 
 def main() -> None:
@@ -146,11 +155,13 @@ def main() -> None:
         default=0.1,
         help="pass_persist agent work per variable (device case)",
     )
-    ap.add_argument("--worker", nargs=5, metavar=("PORT", "COMMUNITY", "OID", "REPS", "OUT"))
+    ap.add_argument(
+        "--worker", nargs=6, metavar=("PORT", "COMMUNITY", "OID", "REPS", "OUT", "WALKER")
+    )
     args = ap.parse_args()
     if args.worker:
-        port, community, oid, reps, out = args.worker
-        worker(int(port), community, oid, int(reps), out)
+        port, community, oid, reps, out, walker = args.worker
+        worker(int(port), community, oid, int(reps), out, walker)
         return
     import tempfile
 
