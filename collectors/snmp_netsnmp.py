@@ -1,4 +1,4 @@
-"""Walks through net-snmp's ``snmpbulkwalk``, the way ``pcap.capture`` drives tcpdump.
+r"""Walks through net-snmp's ``snmpbulkwalk``, the way ``pcap.capture`` drives tcpdump.
 
 Why: a walk's time on a fast agent is the client's CPU, and pysnmp decodes each response
 with pyasn1 in pure Python: 10 400 rows of snmpd's own table take ~1.1 s with the pysnmp
@@ -8,10 +8,13 @@ output.
 
 How:
 * Credentials never go on the command line (``ps`` shows argv to every user): they are
-  written to a ``snmp.conf`` (0600) in a private directory (0700) named by ``SNMPCONFPATH``,
-  which also keeps the user's and the system's snmp.conf out. The directory is removed when
-  the walk ends. Secrets net-snmp's config syntax cannot carry (control characters, ``"``)
-  make the session use pysnmp instead (``usable()``).
+  written to a ``snmp.conf`` (0600) in a private directory (0700, in RAM under /dev/shm when
+  it exists) named by ``SNMPCONFPATH``, which also keeps the user's and the system's
+  snmp.conf out. The file is deleted as soon as the child writes its first row (it reads
+  its configuration, twice, before sending), the directory when the walk ends; directories left by a
+  process that was killed are swept by the next walk. Secrets net-snmp's config syntax
+  cannot carry (control characters, ``"``, ``\``) make the session use pysnmp instead
+  (``usable()``).
 * Output options: ``-On`` numeric OIDs, ``-Ox`` every octet string in hex (so no value text
   can be mistaken for a row: a row starts ``.1.3... = ``, anything else continues the hex of
   the row before), ``-Oe`` numeric enums; no MIBs are loaded. The rows are parsed into
@@ -230,6 +233,23 @@ def usable(cred: SnmpCredentials) -> str | None:
     return None
 
 
+def private_base() -> Path:
+    """Where walk configs go: RAM (/dev/shm) when there is one, else the temp directory."""
+    shm = Path("/dev/shm")
+    return (
+        shm if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else Path(tempfile.gettempdir())
+    )
+
+
+def _sweep(base: Path) -> None:
+    """Remove the config directories of walks whose process is gone (killed mid-walk)."""
+    for entry in base.glob("ft-snmp-*-*"):
+        pid = entry.name.split("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
 def _quote(value: str) -> str:
     return f'"{value}"'
 
@@ -308,11 +328,14 @@ def walk(
     if stdbuf:
         argv = [stdbuf, "-oL", *argv]
     n = len(oid)
-    with tempfile.TemporaryDirectory(prefix="ft-snmp-") as tmp:  # 0700
+    base = private_base()
+    _sweep(base)
+    with tempfile.TemporaryDirectory(prefix=f"ft-snmp-{os.getpid()}-", dir=base) as tmp:  # 0700
         conf = Path(tmp) / "snmp.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "w") as fh:
             fh.write(_config(cred, Path(tmp) / "state"))
+        (Path(tmp) / "state" / "cert_indexes").mkdir(parents=True)  # else it says it made them
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "SNMPCONFPATH": tmp,
@@ -347,6 +370,8 @@ def walk(
                     if stopped is not None:  # stop it, then take the rows already written
                         os.killpg(proc.pid, signal.SIGKILL)
                 ready, _, _ = select.select(list(open_fds), [], [], 0.05)
+                if out_fd in ready or proc.poll() is not None:
+                    conf.unlink(missing_ok=True)  # read by now: the secrets go at once
                 for fd_ in ready:
                     chunk = os.read(fd_, _READ)
                     if not chunk:

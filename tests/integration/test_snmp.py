@@ -8,7 +8,6 @@ Differential: what the collectors write (numeric mode) must equal what the stock
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from collectors.base import (
 )
 from collectors.snmp import SnmpCredentials, SnmpSession
 from collectors.snmp_format import Oid
+from collectors.snmp_netsnmp import private_base
 from tests.fixtures.snmpd import EXTRA_V3_USERS, SYSDESCR, SYSNAME, Snmpd, snmpd, snmpd_server
 
 __all__ = ["snmpd"]  # the fixture, imported for pytest
@@ -398,6 +398,26 @@ def test_net_snmp_walker_refuses_what_it_cannot_do(snmpd: Snmpd) -> None:
     odd.close()
 
 
+def test_a_walk_sweeps_configs_left_by_a_killed_process(snmpd: Snmpd) -> None:
+    import subprocess
+
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    stale = private_base() / f"ft-snmp-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "snmp.conf").write_text("defCommunity left-behind\n")
+    mine = private_base() / "ft-snmp-1-keep"  # pid 1 runs: not swept
+    mine.mkdir()
+    s = v2c(snmpd, walker="net-snmp")
+    try:
+        assert list(s.walk((1, 3, 6, 1, 2, 1, 1, 5)))
+    finally:
+        s.close()
+        keep = mine.exists()
+        mine.rmdir()
+    assert not stale.exists() and keep
+
+
 def test_wrong_v3_key_says_so(snmpd: Snmpd, tmp_path: Path) -> None:
     cred = SnmpCredentials(
         "3",
@@ -475,12 +495,14 @@ class PausingSession:
         self.session, self.server = session, server
         self.walk_engine = session.walk_engine
         self.children: list[str] = []  # command lines of walk children seen while paused
+        self.configs: list[list[Path]] = []  # config files of walks seen while paused
 
     def walk(self, oid: Oid, **kw: Any) -> Iterator[list[tuple[Oid, Any]]]:
         for n, batch in enumerate(self.session.walk(oid, **kw)):
             if n == 0:
                 self.server.pause()
                 self.children = _walk_children()
+                self.configs = [list(d.glob("*.conf")) for d in private_base().glob("ft-snmp-*")]
             yield batch
 
 
@@ -505,7 +527,7 @@ def test_agent_stops_mid_walk_step_ends_by_its_deadline(
     # the agent's timeout is longer than the step
     s = v2c(own_snmpd, timeout=5.0, retries=1, walker=walker)
     pausing = PausingSession(s, own_snmpd)
-    before = set(Path(tempfile.gettempdir()).glob("ft-snmp-*"))
+    before = set(private_base().glob("ft-snmp-*"))
     try:
         out = collect(
             "snmp.walk",
@@ -529,7 +551,8 @@ def test_agent_stops_mid_walk_step_ends_by_its_deadline(
         assert len(pausing.children) == 1, pausing.children
         assert own_snmpd.community not in pausing.children[0]  # not on the command line
         assert not _walk_children()  # killed at the deadline
-        assert set(Path(tempfile.gettempdir()).glob("ft-snmp-*")) == before  # config removed
+        assert set(private_base().glob("ft-snmp-*")) == before  # config removed
+        assert pausing.configs == [[]]  # the secrets were gone while the walk ran
     assert f"walk stopped after {rows} rows" in str(out.error) and "deadline" in str(out.error)
     assert out.error.facts["stop"] == "deadline"
     assert len(out.text("walk.txt").splitlines()) == rows
