@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from collectors.snmp import SnmpCredentials
 from collectors.snmp_format import render
 from collectors.snmp_netsnmp import _config, parse_rows, usable
@@ -64,3 +66,17 @@ def test_credentials_go_in_the_config_quoted_and_odd_ones_fall_back() -> None:
     assert usable(cred) is None
     assert "cannot carry" in (usable(SnmpCredentials("2c", community="a\nb")) or "")
     assert "3DES" in (usable(SnmpCredentials("3", username="u", priv_protocol="3DES")) or "")
+
+
+def test_without_the_snmp_package_auto_walks_with_pysnmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collectors import snmp_netsnmp
+    from collectors.base import StepFailed
+    from collectors.snmp import SnmpSession
+
+    monkeypatch.setattr(snmp_netsnmp.shutil, "which", lambda name: None)
+    cred = SnmpCredentials("2c", community="public")
+    assert "Debian package snmp" in (usable(cred) or "")
+    assert SnmpSession("gw1", "127.0.0.1", 161, cred).walk_engine == "pysnmp"
+    strict = SnmpSession("gw1", "127.0.0.1", 161, cred, walker="net-snmp")
+    with pytest.raises(StepFailed, match="snmpbulkwalk is not installed"):
+        _ = strict.walk_engine
