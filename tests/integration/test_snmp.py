@@ -365,16 +365,21 @@ def test_wrong_community_fails_fast_with_what_to_check(
     assert out.facts is None and out.text("walk.txt") == ""
 
 
-def test_wrong_v3_key_on_a_walk_says_so(snmpd: Snmpd, walker: str, tmp_path: Path) -> None:
+def wrong_key(server: Snmpd, **kw: Any) -> SnmpSession:
+    """The v3 user with a wrong auth key."""
     cred = SnmpCredentials(
         "3",
-        username=snmpd.v3_user,
+        username=server.v3_user,
         auth_protocol="SHA",
         auth_key="not-the-key-123",
         priv_protocol="AES",
-        priv_key=snmpd.v3_priv,
+        priv_key=server.v3_priv,
     )
-    s = SnmpSession("gw1", "127.0.0.1", snmpd.port, cred, timeout=0.5, retries=0, walker=walker)  # type: ignore[arg-type]
+    return SnmpSession("gw1", "127.0.0.1", server.port, cred, timeout=0.5, retries=0, **kw)
+
+
+def test_wrong_v3_key_on_a_walk_says_so(snmpd: Snmpd, walker: str, tmp_path: Path) -> None:
+    s = wrong_key(snmpd, walker=walker)
     try:
         out = collect("snmp.walk", {"oid": "ifTable"}, s, tmp_path)
     finally:
@@ -419,15 +424,7 @@ def test_a_walk_sweeps_configs_left_by_a_killed_process(snmpd: Snmpd) -> None:
 
 
 def test_wrong_v3_key_says_so(snmpd: Snmpd, tmp_path: Path) -> None:
-    cred = SnmpCredentials(
-        "3",
-        username=snmpd.v3_user,
-        auth_protocol="SHA",
-        auth_key="not-the-key-123",
-        priv_protocol="AES",
-        priv_key=snmpd.v3_priv,
-    )
-    s = SnmpSession("gw1", "127.0.0.1", snmpd.port, cred, timeout=0.5, retries=0)
+    s = wrong_key(snmpd)
     try:
         out = collect("snmp.get", {"oid": "sysName.0"}, s, tmp_path)
     finally:
