@@ -84,10 +84,11 @@ def write_bundle(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb", buffering=_BUF) as out_fh:
+            sink = _Sink(out_fh)
             try:
-                pyrage.encrypt_io(frames, out_fh, recipients)
+                pyrage.encrypt_io(frames, sink, recipients)
             except BaseException as exc:
-                raise (frames.error or exc) from None
+                raise (frames.error or sink.error or exc) from None
             if frames.error:  # never seal a bundle whose stream broke off
                 raise frames.error
             out_fh.flush()
@@ -107,6 +108,32 @@ def write_bundle(
     finally:
         frames.close()
     return PackStats(frames.plaintext_bytes, dest.stat().st_size)
+
+
+class _Sink:
+    """The output file as pyrage writes it, keeping the exception a write raised (pyrage
+    would turn a KeyboardInterrupt or an OSError into a generic EncryptError)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.error: BaseException | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.raw.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except BaseException as exc:
+            self.error = exc
+            raise
 
 
 class _Frames:
