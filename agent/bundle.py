@@ -3,8 +3,10 @@
 Layout inside the tar (all under one top directory named after the bundle):
 ``manifest.json``, ``manifest.sig`` (base64 Ed25519 signature of manifest.json's bytes),
 ``signer.pub`` (the signer's OpenSSH public key), then ``<device>/<step-id>/...``.
-The plaintext archive only ever exists in a pipe between the tar/zstd thread and age; the
-output is written to a temp file and renamed into place, so a failure leaves nothing.
+The plaintext archive only ever exists in memory, a few chunks at a time, between the tar
+reader, the zstd workers and age; the output is written to a temp file and renamed into
+place, so a failure leaves nothing. The zstd stream is a run of independent frames (one per
+512 KiB of tar), which any zstd decoder reads as one stream.
 Openable with stock tools: ``age -d -i identity.txt B | tar --zstd -x``.
 """
 
