@@ -101,8 +101,9 @@ def write_bundle(
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError | pyrage.EncryptError):
             cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = f"reading {staging}" if exc is frames.error else f"writing {dest.parent}"
             raise RuntimeFailure(
-                f"packing the bundle failed: {cause} (writing {dest.parent}); nothing was kept: "
+                f"packing the bundle failed: {cause} ({where}); nothing was kept: "
                 "the collected data was discarded rather than left unencrypted. Free space or "
                 "fix permissions there and run again"
             ) from exc
@@ -148,8 +149,8 @@ class _Frames:
     ``read`` hands the frames out in order. Concatenated frames are one valid zstd stream.
     Everything runs on the reading thread except compression, so nothing competes with
     pyrage for the GIL (pyrage holds it while it encrypts); memory stays bounded by the
-    chunks in flight. The first exception raised while producing is kept in ``error`` (pyrage
-    only reports a generic I/O error).
+    chunks in flight. An exception raised while producing is kept in ``error`` (pyrage only
+    reports a generic I/O error) and raised again by any later ``read``.
     """
 
     def __init__(
