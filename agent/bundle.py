@@ -3,50 +3,42 @@
 Layout inside the tar (all under one top directory named after the bundle):
 ``manifest.json``, ``manifest.sig`` (base64 Ed25519 signature of manifest.json's bytes),
 ``signer.pub`` (the signer's OpenSSH public key), then ``<device>/<step-id>/...``.
-The plaintext archive only ever exists in a pipe between the tar/zstd thread and age; the
-output is written to a temp file and renamed into place, so a failure leaves nothing.
+The plaintext archive only ever exists in memory, a few chunks at a time, between the tar
+reader, the zstd workers and age; the output is written to a temp file and renamed into
+place, so a failure leaves nothing. The zstd stream is a run of independent frames (one per
+512 KiB of tar), which any zstd decoder reads as one stream.
 Openable with stock tools: ``age -d -i identity.txt B | tar --zstd -x``.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
-import io
 import json
 import os
 import re
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from agent.errors import ConfigError, RuntimeFailure
 from agent.keys import SigningKey, fingerprint, parse_public_openssh
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
 FORMAT = "fieldtrace.bundle/1"
 SUFFIX = ".tar.zst.age"
 _ZSTD_LEVEL = 3
-_ZSTD_JOB = 1024 * 1024  # small jobs keep multi-threaded zstd's memory low
+_CHUNK = 512 * 1024  # tar stream piece compressed as one zstd frame
+_WORKERS = min(2, os.cpu_count() or 1)
+_INFLIGHT = _WORKERS + 2  # pieces being compressed or waiting to be encrypted
 _BUF = 256 * 1024
-
-
-class _Counting:
-    """Adds tell() to a write-only stream so tarfile can use its fast non-stream mode."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.pos = 0
-
-    def write(self, data: bytes) -> int:
-        self.raw.write(data)
-        self.pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.pos
 
 
 def _tarinfo(name: str, size: int, mtime: float, mode: int = 0o644) -> tarfile.TarInfo:
@@ -77,87 +69,220 @@ def write_bundle(
 ) -> PackStats:
     """Sign the manifest and stream the bundle to ``dest`` (atomic; nothing left on failure)."""
     import pyrage
-    import zstandard
 
     manifest_bytes = json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"
     signature = base64.b64encode(key.sign(manifest_bytes)) + b"\n"
     signer = key.public_openssh().encode() + b"\n"
     paths = [a["path"] for s in manifest["steps"] for a in s["artifacts"]]
     paths += [a["path"] for a in manifest.get("attachments", []) if "sha256" in a]
-    stats = PackStats()
-    errors: list[BaseException] = []
-    r_fd, w_fd = os.pipe()
-
-    def produce() -> None:
-        try:
-            with open(w_fd, "wb", buffering=0) as pipe:
-                params = zstandard.ZstdCompressionParameters.from_level(
-                    _ZSTD_LEVEL, threads=min(2, os.cpu_count() or 1), job_size=_ZSTD_JOB
-                )
-                cctx = zstandard.ZstdCompressor(compression_params=params)
-                with cctx.stream_writer(pipe, closefd=False, write_size=_BUF) as zw:
-                    out: Any = _Counting(zw)
-                    with tarfile.TarFile(
-                        fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_BUF
-                    ) as tf:
-                        topdir = _tarinfo(top, 0, mtime, 0o755)
-                        topdir.type = tarfile.DIRTYPE
-                        tf.addfile(topdir)
-                        for name, data in (
-                            ("manifest.json", manifest_bytes),
-                            ("manifest.sig", signature),
-                            ("signer.pub", signer),
-                        ):
-                            tf.addfile(
-                                _tarinfo(f"{top}/{name}", len(data), mtime), io.BytesIO(data)
-                            )
-                        for rel in paths:
-                            src = staging / rel
-                            with open(src, "rb") as fh:
-                                size = os.fstat(fh.fileno()).st_size
-                                tf.addfile(_tarinfo(f"{top}/{rel}", size, mtime), fh)
-                            if on_progress:
-                                on_progress(size)
-                    stats.plaintext_bytes = out.pos
-        except BaseException as exc:
-            errors.append(exc)
-
+    members: list[tuple[str, bytes | Path]] = [
+        ("manifest.json", manifest_bytes),
+        ("manifest.sig", signature),
+        ("signer.pub", signer),
+    ]
+    members += [(rel, staging / rel) for rel in paths]
+    frames = _Frames(top, mtime, members, on_progress)
     tmp = dest.with_name(f".{dest.name}.partial")
-    producer = threading.Thread(target=produce, name="bundle-pack", daemon=True)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb", buffering=_BUF) as out_fh:
-            producer.start()
-            with open(r_fd, "rb", buffering=_BUF) as reader:
-                r_fd = -1
-                try:
-                    pyrage.encrypt_io(reader, out_fh, recipients)
-                except BaseException:
-                    reader.close()  # unblocks the producer (broken pipe)
-                    raise
-            producer.join()
-            if errors:
-                raise errors[0]
+            sink = _Sink(out_fh)
+            try:
+                pyrage.encrypt_io(frames, sink, recipients)
+            except BaseException as exc:
+                raise (frames.error or sink.error or exc) from None
+            if frames.error:  # never seal a bundle whose stream broke off
+                raise frames.error
             out_fh.flush()
             os.fsync(out_fh.fileno())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException as exc:
-        if producer.is_alive():
-            producer.join(5)
         tmp.unlink(missing_ok=True)
-        if r_fd != -1:
-            os.close(r_fd)
         if isinstance(exc, OSError | pyrage.EncryptError):
             cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = f"reading {staging}" if exc is frames.error else f"writing {dest.parent}"
             raise RuntimeFailure(
-                f"packing the bundle failed: {cause} (writing {dest.parent}); nothing was kept: "
+                f"packing the bundle failed: {cause} ({where}); nothing was kept: "
                 "the collected data was discarded rather than left unencrypted. Free space or "
                 "fix permissions there and run again"
             ) from exc
         raise
-    stats.encrypted_bytes = dest.stat().st_size
-    return stats
+    finally:
+        frames.close()
+    return PackStats(frames.plaintext_bytes, dest.stat().st_size)
+
+
+class _Sink:
+    """The output file as pyrage writes it, keeping the exception a write raised (pyrage
+    would turn a KeyboardInterrupt or an OSError into a generic EncryptError)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.error: BaseException | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.raw.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+class _Frames:
+    """The compressed tar stream, as a readable file for ``pyrage.encrypt_io`` to pull from.
+
+    The tar stream (what ``tarfile`` writes in PAX format: ``TarInfo.tobuf`` headers, data
+    padded to 512-byte blocks, two zero blocks, zeros to a whole record) is cut into
+    ``_CHUNK``-byte pieces; a small thread pool compresses each piece as an independent zstd
+    frame (python-zstandard releases the GIL), at most ``_INFLIGHT`` ahead of the reader, and
+    ``read`` hands the frames out in order. Concatenated frames are one valid zstd stream.
+    Everything runs on the reading thread except compression, so nothing competes with
+    pyrage for the GIL (pyrage holds it while it encrypts); memory stays bounded by the
+    chunks in flight. An exception raised while producing is kept in ``error`` (pyrage only
+    reports a generic I/O error) and raised again by any later ``read``.
+    """
+
+    def __init__(
+        self,
+        top: str,
+        mtime: float,
+        members: list[tuple[str, bytes | Path]],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.plaintext_bytes = 0
+        self.error: BaseException | None = None
+        self._free: list[bytearray] = []
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="bundle-zstd")
+        self._pending: deque[Future[bytes]] = deque()
+        self._chunks = self._tar(top, mtime, members, on_progress)
+        self._more = True
+        self._frame = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.error:
+            raise self.error
+        try:
+            while self._pos >= len(self._frame):
+                self._frame = b""  # let it go before the next chunk buffer is needed
+                self._submit()
+                if not self._pending:
+                    return b""
+                frame = self._pending.popleft().result()
+                self._submit()
+                self._frame, self._pos = frame, 0
+            end = len(self._frame) if size < 0 else self._pos + size
+            out = self._frame[self._pos : end]
+            self._pos += len(out)
+            return out
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def close(self) -> None:
+        for fut in self._pending:
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+        self._chunks.close()
+
+    def _submit(self) -> None:
+        while self._more and len(self._pending) < _INFLIGHT:
+            piece = next(self._chunks, None)
+            if piece is None:
+                self._more = False
+                return
+            self.plaintext_bytes += len(piece)
+            self._pending.append(self._pool.submit(self._compress, piece))
+
+    def _compress(self, piece: bytearray) -> bytes:
+        import zstandard
+
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:  # one per worker thread, reused
+            cctx = self._local.cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        frame: bytes = cctx.compress(piece)
+        if len(piece) == _CHUNK:
+            self._free.append(piece)
+        return frame
+
+    def _tar(
+        self,
+        top: str,
+        mtime: float,
+        members: list[tuple[str, bytes | Path]],
+        on_progress: Callable[[int], None] | None,
+    ) -> Generator[bytearray, None, None]:
+        buf = bytearray(_CHUNK)
+        fill = 0
+        total = 0
+
+        def put(data: bytes) -> Iterator[bytearray]:
+            nonlocal buf, fill, total
+            view = memoryview(data)
+            while view:
+                n = min(len(view), _CHUNK - fill)
+                buf[fill : fill + n] = view[:n]
+                fill += n
+                total += n
+                view = view[n:]
+                if fill == _CHUNK:
+                    yield buf
+                    buf, fill = self._buffer(), 0
+
+        topdir = _tarinfo(top, 0, mtime, 0o755)
+        topdir.type = tarfile.DIRTYPE
+        yield from put(_header(topdir))
+        for rel, src in members:
+            if isinstance(src, bytes):
+                yield from put(_header(_tarinfo(f"{top}/{rel}", len(src), mtime)))
+                yield from put(src)
+                size = len(src)
+            else:
+                with open(src, "rb", buffering=0) as fh:
+                    size = left = os.fstat(fh.fileno()).st_size
+                    yield from put(_header(_tarinfo(f"{top}/{rel}", size, mtime)))
+                    while left:
+                        n = fh.readinto(memoryview(buf)[fill : fill + min(left, _CHUNK - fill)])
+                        if not n:
+                            raise OSError(errno.EIO, f"{src} shrank while it was packed")
+                        fill += n
+                        total += n
+                        left -= n
+                        if fill == _CHUNK:
+                            yield buf
+                            buf, fill = self._buffer(), 0
+                if on_progress:
+                    on_progress(size)
+            yield from put(bytes(-size % tarfile.BLOCKSIZE))
+        yield from put(bytes(2 * tarfile.BLOCKSIZE))
+        yield from put(bytes(-total % tarfile.RECORDSIZE))
+        if fill:
+            yield buf[:fill]
+
+    def _buffer(self) -> bytearray:
+        return self._free.pop() if self._free else bytearray(_CHUNK)
+
+
+def _header(ti: tarfile.TarInfo) -> bytes:
+    return ti.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -220,7 +345,9 @@ class _Decrypting:
     def stream(self) -> IO[bytes]:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(self._reader, read_size=_BUF)
+        return zstandard.ZstdDecompressor().stream_reader(
+            self._reader, read_size=_BUF, read_across_frames=True
+        )
 
     def close(self) -> None:
         self._reader.close()

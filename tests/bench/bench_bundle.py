@@ -208,15 +208,17 @@ def main() -> None:
             ft_size = ft_out.stat().st_size
             ft_out.unlink()
             ref_s, ref_rss = run_reference(root, ref_out, recipient)
+            ref_size = ref_out.stat().st_size
             ref_out.unlink()
             rows.append((ref_s, ft))
             print(
                 f"round {r + 1}: reference {mib / ref_s:7.0f} MiB/s ({ref_s:.2f}s, peak RSS of "
                 f"one process {ref_rss:.0f} MiB) | fieldtrace {mib / ft['total_s']:7.0f} MiB/s "
                 f"({ft['total_s']:.2f}s: scrub+hash {ft['scrub_hash_s']:.2f}s, pack "
-                f"{ft['pack_s']:.2f}s; peak RSS {ft['rss_mib']:.0f} MiB, scrub workers "
+                f"{ft['pack_s']:.2f}s; peak RSS {ft['rss_mib']:.1f} MiB, scrub workers "
                 f"{ft['workers_rss_mib']:.0f} MiB; {ft['scrubbed']} secrets scrubbed; "
-                f"{ft_size >> 20} MiB out; writing {mib // 2} MiB of text through the "
+                f"{ft_size / 2**20:.1f} MiB out (reference {ref_size / 2**20:.1f} MiB); "
+                f"writing {mib // 2} MiB of text through the "
                 f"scrubbing sinks during collection took {ft['text_write_s']:.2f}s)"
                 f" | ratio {ref_s / ft['total_s']:.2f}x (pack only {ref_s / ft['pack_s']:.2f}x)",
                 flush=True,
@@ -229,7 +231,7 @@ def main() -> None:
         print(
             f"\nbest of {args.rounds}: reference {mib / best_ref:.0f} MiB/s, fieldtrace "
             f"{mib / best_ft:.0f} MiB/s -> ratio {best_ref / best_ft:.2f}x (target >= 0.8); "
-            f"pack stage alone {best_ref / best_pack:.2f}x; fieldtrace peak RSS {peak:.0f} MiB "
+            f"pack stage alone {best_ref / best_pack:.2f}x; fieldtrace peak RSS {peak:.1f} MiB "
             f"(target <= 64); median of the per-round ratios {median:.2f}x"
         )
 
