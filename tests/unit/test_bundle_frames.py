@@ -34,26 +34,41 @@ def _stage(root: Path) -> dict[str, Any]:
     return {"format": bundle.FORMAT, "steps": steps}
 
 
+class Site:
+    """A site home, staged artifacts and an empty outbox directory."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.home, self.staging, self.out = (
+            tmp_path / "home",
+            tmp_path / "staging",
+            tmp_path / "out",
+        )
+        self.home.mkdir()
+        self.out.mkdir()
+        self.manifest = _stage(self.staging)
+        self.ident: Any = load_identity(self.home)
+
+    def pack(self, dest: Path, progress: Any = None) -> bundle.PackStats:
+        return write_bundle(
+            dest,
+            "top",
+            self.manifest,
+            self.staging,
+            load_signing_key(self.home),
+            [self.ident.to_public()],
+            time.time(),
+            progress,
+        )
+
+
 def test_multi_frame_bundle_opens_with_stock_tools_and_read_bundle(tmp_path: Path) -> None:
     for tool in ("age", "tar", "zstd"):
         assert shutil.which(tool), f"{tool} is not installed (tests/run.sh installs it)"
-    home, staging, out = tmp_path / "home", tmp_path / "staging", tmp_path / "out"
-    home.mkdir()
-    out.mkdir()
-    manifest = _stage(staging)
-    ident: Any = load_identity(home)
+    site = Site(tmp_path)
+    home, staging, out, ident = site.home, site.staging, site.out, site.ident
     progress: list[int] = []
     dest = out / "b.tar.zst.age"
-    stats = write_bundle(
-        dest,
-        "top",
-        manifest,
-        staging,
-        load_signing_key(home),
-        [ident.to_public()],
-        time.time(),
-        progress.append,
-    )
+    stats = site.pack(dest, progress.append)
     assert progress == list(SIZES.values())
     assert stats.encrypted_bytes == dest.stat().st_size
     assert [p.name for p in out.iterdir()] == ["b.tar.zst.age"]  # no .partial left
@@ -77,12 +92,8 @@ def test_multi_frame_bundle_opens_with_stock_tools_and_read_bundle(tmp_path: Pat
 def test_source_that_shrinks_while_packing_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home, staging, out = tmp_path / "home", tmp_path / "staging", tmp_path / "out"
-    home.mkdir()
-    out.mkdir()
-    manifest = _stage(staging)
-    ident: Any = load_identity(home)
-    big = staging / "gw1/big/random.bin"
+    site = Site(tmp_path)
+    big = site.staging / "gw1/big/random.bin"
     real_fstat = os.fstat
 
     def lying_fstat(fd: int) -> os.stat_result:  # claims more data than the file holds
@@ -95,13 +106,5 @@ def test_source_that_shrinks_while_packing_leaves_nothing(
     with pytest.raises(
         RuntimeFailure, match=r"shrank while it was packed \(reading .*staging\); nothing was kept"
     ):
-        write_bundle(
-            out / "b.tar.zst.age",
-            "top",
-            manifest,
-            staging,
-            load_signing_key(home),
-            [ident.to_public()],
-            time.time(),
-        )
-    assert list(out.iterdir()) == []
+        site.pack(site.out / "b.tar.zst.age")
+    assert list(site.out.iterdir()) == []
