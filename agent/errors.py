@@ -11,12 +11,14 @@ EXIT_OK = 0
 EXIT_PARTIAL = 1  # done, with failures (partial bundle, violations found)
 EXIT_USAGE = 2  # usage or configuration error; nothing touched
 EXIT_RUNTIME = 3  # runtime error; nothing lost
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C before anything was kept (128 + SIGINT, as shells)
 
 
 class FieldtraceError(Exception):
     """Base of user-facing errors; ``str(self)`` is the whole message."""
 
     exit_code = EXIT_RUNTIME
+    label = "error"  # the CLI prints ``fieldtrace: LABEL: message``
 
 
 class ConfigError(FieldtraceError):
@@ -38,6 +40,13 @@ class RuntimeFailure(FieldtraceError):
     """Something failed while working; the message says what was kept (exit 3)."""
 
     exit_code = EXIT_RUNTIME
+
+
+class Interrupted(FieldtraceError):
+    """Stopped by the user (Ctrl-C) with nothing kept; the message says so (exit 130)."""
+
+    exit_code = EXIT_INTERRUPTED
+    label = "interrupted"
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list"}
