@@ -584,7 +584,7 @@ def summary_text(manifest: dict[str, Any]) -> str:
     job = manifest["job"]
     lines = [
         f"fieldtrace bundle {manifest['bundle_id'][:8]}: profile {job['profile']} on "
-        f"{', '.join(job['devices'])}; {s['steps']} steps "
+        f"{', '.join(job['devices'])}; {s['steps']} step{'' if s['steps'] == 1 else 's'} "
         + ", ".join(f"{k} {v}" for k, v in s.items() if k != "steps")
     ]
     for st in manifest["steps"]:

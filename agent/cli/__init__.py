@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=prog(),
         description="Collect diagnostics from devices by the vendor's KB rules into a scrubbed, "
         "signed, encrypted bundle for the vendor's HelpDesk.",
-        epilog="With no configuration, 'fieldtrace collect' collects from this host into an "
-        "encrypted bundle in the local outbox.",
+        epilog=f"With no configuration, '{prog()} collect' collects from this host into an "
+        "encrypted bundle in the local outbox. Exit codes: 0 ok, 1 done with failures, "
+        "2 usage or configuration error, 3 runtime error, 130 stopped by Ctrl-C "
+        "(docs/cli.md has them per command).",
     )
     p.add_argument("--version", action="version", version=f"fieldtrace {__version__}")
     p.add_argument(
