@@ -33,7 +33,17 @@ def home(create: bool = True) -> Path:
     env = os.environ.get("FIELDTRACE_HOME")
     path = Path(env) if env else Path.home() / ".local" / "share" / "fieldtrace"
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            raise ConfigError(
+                f"{path}: not a directory; $FIELDTRACE_HOME must name fieldtrace's state directory"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot create the state directory ($FIELDTRACE_HOME): "
+                f"{exc.strerror or exc}"
+            ) from None
     return path
 
 

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             logfile = home() / "fieldtrace.log"
-        except OSError:
+        except (OSError, FieldtraceError):  # the command that needs it says why
             logfile = None
     setup(args.verbose, logfile)
     try:

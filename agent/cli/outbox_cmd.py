@@ -241,12 +241,12 @@ class _WaitDisplay:
                 self, console=Console(stderr=True), refresh_per_second=2, transient=True
             )
 
-    def __rich__(self) -> str:  # rendered by Live on each refresh: the countdown moves
-        from rich.markup import escape
+    def __rich__(self) -> Any:  # rendered by Live on each refresh: the countdown moves
+        from rich.text import Text
 
         lines = [f"waiting to deliver {len(self.items)} bundle(s) (Ctrl-C to stop):"]
-        lines += [f"  {escape(i.name)}: {escape(_when(i))}" for i in self.items]
-        return "\n".join(lines) if self.items else "delivering..."
+        lines += [f"  {i.name}: {_when(i)}" for i in self.items]
+        return Text("\n".join(lines) if self.items else "delivering...")
 
     def start(self) -> None:
         if self.live is not None:
