@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -66,7 +65,15 @@ def _readable(path: str) -> str:
         rel = os.path.relpath(absolute)
     except (OSError, ValueError):
         return path
-    return rel if not rel.startswith("..") else absolute
+    if rel.startswith(".."):
+        return absolute
+    return rel if os.sep in rel else f".{os.sep}{rel}"  # a bare name would be looked up on PATH
+
+
+def _shell_word(text: str) -> str:
+    """``text`` as one shell word, special characters backslash-escaped (not quoted, so a
+    hint can stay inside the quotes of a message: 'my\\ tools/fieldtrace outbox list')."""
+    return re.sub(r"([^\w@%+=:,./-])", r"\\\1", text)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -83,7 +90,7 @@ def prog() -> str:
     ``fieldtrace`` when that name on PATH is the program that runs now (the packaged
     install, an activated virtualenv); otherwise the path that was typed, relative to the
     current directory when it is below it (``.venv/bin/fieldtrace`` after the README's
-    first command); ``python -m agent`` as ``PYTHON -m agent``. Quoted for a shell.
+    first command); ``python -m agent`` as ``PYTHON -m agent``. Escaped for a shell.
     """
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "fieldtrace"
     if argv0.endswith("__main__.py"):  # python -m agent
@@ -92,11 +99,11 @@ def prog() -> str:
         on_path = shutil.which(name)
         # a venv's python is a symlink to the system one: compare paths, not inodes
         shown = name if on_path and os.path.abspath(on_path) == os.path.abspath(python) else None
-        return f"{shlex.quote(shown or _readable(python))} -m agent"
+        return f"{_shell_word(shown or _readable(python))} -m agent"
     found = shutil.which("fieldtrace")
     if found and _same_file(found, argv0):
         return "fieldtrace"
-    return shlex.quote(_readable(argv0))
+    return _shell_word(_readable(argv0))
 
 
 _HINT = re.compile(r"(?<=['`])fieldtrace(?= )")
