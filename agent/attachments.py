@@ -41,6 +41,11 @@ def check_attachments(paths: Sequence[Path]) -> list[Attachment]:
     for path in paths:
         if not path.exists():
             raise ConfigError(f"--attach {path}: no such file; nothing was collected")
+        if path.is_dir():
+            raise ConfigError(
+                f"--attach {path}: is a directory; attach files one by one (one --attach "
+                "per file); nothing was collected"
+            )
         if not path.is_file():
             raise ConfigError(
                 f"--attach {path}: not a regular file (attach files one by one); "

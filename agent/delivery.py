@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from uploader.http import HttpBackend
 
 
-def make_outbox(settings: Settings, home: Path) -> Outbox:
+def make_outbox(settings: Settings, home: Path, create: bool = True) -> Outbox:
     o = settings.outbox
-    return Outbox(home / "outbox", o.max_bytes, o.backoff_base, o.backoff_max)
+    return Outbox(home / "outbox", o.max_bytes, o.backoff_base, o.backoff_max, create)
 
 
 def make_backend(

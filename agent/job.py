@@ -31,7 +31,14 @@ from agent.bundle import FORMAT, SUFFIX, PackStats, write_bundle
 from agent.delivery import check_room, make_backend, make_outbox
 from agent.errors import EXIT_OK, EXIT_PARTIAL, ConfigError, RuntimeFailure
 from agent.kb import KnowledgeBase, load_kb
-from agent.keys import SigningKey, home, load_identity, load_signing_key
+from agent.keys import (
+    IDENTITY_FILE,
+    SIGNING_KEY_FILE,
+    SigningKey,
+    home,
+    load_identity,
+    load_signing_key,
+)
 from agent.runner import Plan, PlannedStep, Runner, StepResult, make_plan, select_devices, utcnow
 from agent.scrub import Scrubber, scrub_many
 from agent.settings import LoadedSettings, SecretRef, Settings
@@ -120,8 +127,8 @@ def requester() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def site_recipients(settings: Settings, base: Path) -> list[Any]:
-    """The vendor's recipients plus the site identity (so the site can open its bundles)."""
+def vendor_recipients(settings: Settings) -> list[Any]:
+    """The vendor's age recipients (X25519 or SSH keys), parsed."""
     import pyrage
 
     out: list[Any] = []
@@ -134,6 +141,12 @@ def site_recipients(settings: Settings, base: Path) -> list[Any]:
             )
         except Exception as exc:  # validated at load; kept as a guard
             raise ConfigError(f"vendor.recipients[{i}]: invalid recipient: {exc}") from None
+    return out
+
+
+def site_recipients(settings: Settings, base: Path) -> list[Any]:
+    """The vendor's recipients plus the site identity (so the site can open its bundles)."""
+    out = vendor_recipients(settings)
     ident = load_identity(base)
     out.append(ident.to_public())  # type: ignore[attr-defined]
     return out
@@ -169,15 +182,28 @@ def load_context(loaded: LoadedSettings) -> KnowledgeBase:
     return kb
 
 
-def prepare(
+@dataclass(frozen=True)
+class Checked:
+    """A job that passed every check: its KB, plan, attachments and backend."""
+
+    kb: KnowledgeBase
+    plan: Plan
+    attachments: list[Attachment]
+    backend: Backend | None  # None with --output
+    home: Path
+
+
+def check_job(
     loaded: LoadedSettings,
     request: JobRequest,
     kb: KnowledgeBase | None = None,
     plan: Plan | None = None,
-) -> Prepared:
-    """Validate the whole job; raises ConfigError (exit 2) before anything is touched.
+    touch: bool = True,
+) -> Checked:
+    """Validate the whole job; ConfigError (exit 2) or RuntimeFailure before anything runs.
 
-    ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
+    With ``touch=False`` (``collect --dry-run``) nothing is created or written: no
+    $FIELDTRACE_HOME, site keys (checked only if they exist), outbox, staging or probe file.
     """
     settings = loaded.settings
     attachments = check_attachments(request.attachments)
@@ -186,14 +212,18 @@ def prepare(
         devices = select_devices(settings, list(request.devices), request.types)
         profile = request.profile or settings.collect.default_profile
         plan = make_plan(settings, kb, devices, profile)
-    base = home()
+    base = home(create=touch)
     backend = None
     if request.output is not None:
-        if request.output.exists() and not request.output.is_dir():
-            raise ConfigError(f"--output {request.output}: a file of that name exists already")
-        _check_writable(request.output if request.output.is_dir() else request.output.parent)
+        out = request.output
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--output {out}: a file of that name exists already")
+        _check_writable(out if out.is_dir() else out.parent, touch, "--output")
     else:
-        backend = make_backend(settings, base)
+        try:
+            backend = make_backend(settings, base)
+        except ConfigError as exc:
+            raise ConfigError(f"{loaded.source}: {exc}") from None
         if request.ticket and settings.helpdesk.backend == "redmine":
             from uploader.base import PermanentError
             from uploader.redmine import parse_ticket
@@ -202,32 +232,75 @@ def prepare(
                 parse_ticket(request.ticket)
             except PermanentError as exc:
                 raise ConfigError(f"--ticket: {exc}") from None
-        _check_writable(base / "outbox" / "tmp")
-        check_room(make_outbox(settings, base))
+        if touch:
+            _check_writable(base / "outbox" / "tmp")
+        check_room(make_outbox(settings, base, create=touch))
+    vendor_recipients(settings)
+    if not touch:  # what prepare would load (or create): checked when it is there
+        if (base / IDENTITY_FILE).exists():
+            load_identity(base, create=False)
+        if (base / SIGNING_KEY_FILE).exists():
+            load_signing_key(base, create=False)
+        _secret_literals(settings)  # [scrub] values must resolve
+    return Checked(kb, plan, attachments, backend, base)
+
+
+def prepare(
+    loaded: LoadedSettings,
+    request: JobRequest,
+    kb: KnowledgeBase | None = None,
+    plan: Plan | None = None,
+) -> Prepared:
+    """Validate the whole job (``check_job``), then load or create the site's keys.
+
+    ``plan`` replaces the KB profile's plan (an ad-hoc job such as ``fieldtrace capture``).
+    """
+    settings = loaded.settings
+    checked = check_job(loaded, request, kb, plan)
+    base = checked.home
     return Prepared(
         loaded=loaded,
-        kb=kb,
-        plan=plan,
+        kb=checked.kb,
+        plan=checked.plan,
         request=request,
         home=base,
         recipients=site_recipients(settings, base),
         signing_key=load_signing_key(base),
         scrubber=Scrubber(settings.scrub.keywords, _secret_literals(settings)),
-        backend=backend,
-        attachments=attachments,
+        backend=checked.backend,
+        attachments=checked.attachments,
     )
 
 
-def _check_writable(directory: Path) -> None:
-    """Refuse to start collecting when the bundle could not be written anyway."""
+def _check_writable(directory: Path, touch: bool = True, option: str = "") -> None:
+    """Refuse to start collecting when the bundle could not be written anyway.
+
+    ``option`` names the command-line option that chose the place (a usage error, exit 2);
+    otherwise it is the outbox (a runtime error, exit 3). Without ``touch``, the nearest
+    existing directory must be writable, and nothing is made.
+    """
+    error = ConfigError if option else RuntimeFailure
+    label = f"{option} {directory}" if option else str(directory)
+    fix = f"Fix {option} or" if option else "Fix the outbox path or"
+    if not touch:
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            return
+        why = "not a directory" if existing.exists() and not existing.is_dir() else "not writable"
+        raise error(
+            f"{label}: cannot write bundles there ({existing}: {why}); {fix.lower()} its "
+            "permissions"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
             pass
     except OSError as exc:
-        raise RuntimeFailure(
-            f"{directory}: cannot write bundles there ({exc.strerror or exc}); nothing was "
-            "collected. Fix the outbox (or --output) path or its permissions and run again"
+        raise error(
+            f"{label}: cannot write bundles there ({exc.strerror or exc}); nothing was "
+            f"collected. {fix} its permissions and run again"
         ) from None
 
 
@@ -511,7 +584,7 @@ def summary_text(manifest: dict[str, Any]) -> str:
     job = manifest["job"]
     lines = [
         f"fieldtrace bundle {manifest['bundle_id'][:8]}: profile {job['profile']} on "
-        f"{', '.join(job['devices'])}; {s['steps']} steps "
+        f"{', '.join(job['devices'])}; {s['steps']} step{'' if s['steps'] == 1 else 's'} "
         + ", ".join(f"{k} {v}" for k, v in s.items() if k != "steps")
     ]
     for st in manifest["steps"]:

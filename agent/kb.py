@@ -202,22 +202,30 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         raise ValidationFailed(source, [f"{where}not valid YAML: {exc}"]) from None
     if not isinstance(data, dict):
         raise ValidationFailed(source, ["expected a mapping with type, title and profiles"])
+    # every problem at once: a missing title must not hide the steps' problems
+    problems: list[str] = []
+    model: _KbModel | None = None
     try:
         model = _KbModel.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(source, pydantic_problems(exc)) from None
-    problems: list[str] = []
-    if expected_type is not None and model.type != expected_type:
+        problems.extend(pydantic_problems(exc))
+    raw_type = data.get("type")
+    if expected_type is not None and isinstance(raw_type, str) and raw_type != expected_type:
         problems.append(
-            f"type: {model.type!r} does not match the file name; name the file {model.type}.yaml"
+            f"type: {raw_type!r} does not match the file name; name the file {raw_type}.yaml"
         )
-    profiles: dict[str, Profile] = {}
-    for pname, prof in model.profiles.items():
-        if not STEP_ID_RE.match(pname):
+    raw_profiles = data.get("profiles")
+    steps_of: dict[str, tuple[Step, ...]] = {}
+    for pname, prof in (raw_profiles if isinstance(raw_profiles, dict) else {}).items():
+        if not STEP_ID_RE.match(str(pname)):
             problems.append(f"profiles.{pname}: profile names are lowercase letters, digits, - _")
+        raw_steps = prof.get("steps") if isinstance(prof, dict) else None
         steps: list[Step] = []
         seen: set[str] = set()
-        for i, raw in enumerate(prof.steps):
+        # what is not a list of mappings was reported by the model above
+        for i, raw in enumerate(raw_steps if isinstance(raw_steps, list) else []):
+            if not isinstance(raw, dict):
+                continue
             step = _validate_step(raw, ("profiles", pname, "steps", i), problems)
             if step is None:
                 continue
@@ -227,9 +235,13 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
                 )
             seen.add(step.id)
             steps.append(step)
-        profiles[pname] = Profile(pname, prof.title, prof.description, tuple(steps))
-    if problems:
+        steps_of[str(pname)] = tuple(steps)
+    if problems or model is None:
         raise ValidationFailed(source, problems)
+    profiles = {
+        name: Profile(name, prof.title, prof.description, steps_of[name])
+        for name, prof in model.profiles.items()
+    }
     return KbType(
         type=model.type,
         title=model.title,

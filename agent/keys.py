@@ -27,11 +27,23 @@ IDENTITY_FILE = "identity.txt"
 SIGNING_KEY_FILE = "signing_key.pem"
 
 
-def home() -> Path:
-    """``$FIELDTRACE_HOME``, else ``~/.local/share/fieldtrace``; created 0700 if missing."""
+def home(create: bool = True) -> Path:
+    """``$FIELDTRACE_HOME``, else ``~/.local/share/fieldtrace``; created 0700 if missing
+    (unless ``create`` is false: a dry run touches nothing)."""
     env = os.environ.get("FIELDTRACE_HOME")
     path = Path(env) if env else Path.home() / ".local" / "share" / "fieldtrace"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            raise ConfigError(
+                f"{path}: not a directory; $FIELDTRACE_HOME must name fieldtrace's state directory"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot create the state directory ($FIELDTRACE_HOME): "
+                f"{exc.strerror or exc}"
+            ) from None
     return path
 
 

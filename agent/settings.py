@@ -73,6 +73,10 @@ class SecretRef(Model):
         assert self.file is not None
         try:
             return self.file.read_text().strip()
+        except IsADirectoryError:
+            raise ConfigError(
+                f"secret: {self.file} is a directory, not a file holding the secret"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"secret: cannot read {self.file}: {exc.strerror}") from exc
 
@@ -502,16 +506,21 @@ class LoadedSettings(BaseModel):
         return str(self.path) if self.path else "(embedded default)"
 
 
+def _config_file(path: Path, named_by: str) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file{named_by}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found{named_by}")
+
+
 def find_config(explicit: Path | None = None) -> Path | None:
     """``--config``, else ``$FIELDTRACE_CONFIG``, else ./fieldtrace.toml, else /etc/...."""
     if explicit is not None:
-        if not explicit.is_file():
-            raise ConfigError(f"{explicit}: config file not found")
+        _config_file(explicit, "")
         return explicit
     env = os.environ.get("FIELDTRACE_CONFIG")
     if env:
-        if not Path(env).is_file():
-            raise ConfigError(f"{env}: config file not found (named by $FIELDTRACE_CONFIG)")
+        _config_file(Path(env), " (named by $FIELDTRACE_CONFIG)")
         return Path(env)
     return next((p for p in DEFAULT_PATHS if p.is_file()), None)
 

@@ -19,7 +19,11 @@ A backend delivers one finished (encrypted) bundle to the HelpDesk:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import re
+import socket
+import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,3 +147,85 @@ def big_blocks_adapter() -> Any:
             super().init_poolmanager(*args, **kwargs)
 
     return BigBlocks()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """``https://helpdesk.example/x`` -> ("helpdesk.example", 443)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname or url, port or (443 if parts.scheme == "https" else 80)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, urllib3's ``reason``, args)."""
+    out: list[BaseException] = []
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or any(e is seen for seen in out):
+            continue
+        out.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return out
+
+
+_ERRNO_TEXT = {
+    errno.ECONNREFUSED: "connection refused (nothing listens there: is the service up, the "
+    "port right?)",
+    errno.ENETUNREACH: "network is unreachable (check this host's routes)",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ETIMEDOUT: "no answer (timed out)",
+}
+_WRAPPER = re.compile(r"\w+(Pool)?\(host='[^']*', port=\d+\): ")
+
+
+def network_problem(exc: BaseException, host: str, port: int, service: str = "") -> str:
+    """A sentence for a network failure, without Python class names.
+
+    ``cannot connect to helpdesk.example:443: connection refused (...)``,
+    ``... the name helpdesk.example does not resolve``, ``helpdesk.example:443 reset the
+    connection``; ``service`` ("SMTP server ") goes before the address.
+    """
+    where = f"{service}{f'[{host}]' if ':' in host else host}:{port}"
+    causes = _causes(exc)
+    names = {type(c).__name__ for c in causes}
+    for c in causes:
+        if isinstance(c, socket.gaierror):
+            return (
+                f"cannot connect to {where}: the name {host} does not resolve (check the "
+                "address in the config, and this host's DNS)"
+            )
+    for c in causes:
+        if isinstance(c, ssl.SSLCertVerificationError):
+            return (
+                f"{where}: its TLS certificate is not trusted ({c.verify_message}); if it "
+                "uses a private CA, set [helpdesk] ca_file"
+            )
+    for c in causes:
+        if isinstance(c, ssl.SSLError):
+            return f"{where}: TLS failed ({c.reason or c.strerror or 'handshake failed'})"
+    for c in causes:
+        if isinstance(c, OSError) and c.errno in _ERRNO_TEXT:
+            return f"cannot connect to {where}: {_ERRNO_TEXT[c.errno]}"
+    if names & {"ConnectTimeoutError", "ConnectTimeout"}:
+        return f"cannot connect to {where}: no answer (timed out)"
+    for c in causes:
+        if isinstance(c, ConnectionResetError):
+            return f"{where} reset the connection"
+        if isinstance(c, BrokenPipeError | ConnectionAbortedError):
+            return f"{where} closed the connection while we were sending"
+        if type(c).__name__ == "RemoteDisconnected":
+            return f"{where} closed the connection without answering"
+        if isinstance(c, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+            return f"{where} did not answer in time"
+    for c in causes:
+        if isinstance(c, OSError) and c.strerror:
+            return f"{where}: {c.strerror[0].lower()}{c.strerror[1:]}"
+    text = _WRAPPER.sub("", str(exc).splitlines()[0] if str(exc) else "")
+    text = re.sub(r" \(Caused by .*", "", text)
+    return f"{where}: {text[:200] or 'connection failed'}"

@@ -44,6 +44,7 @@ from uploader.base import (
     Receipt,
     TransientError,
     is_loopback,
+    network_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,10 @@ class EmailBackend:
                 "[helpdesk] ca_file to the CA that signed it"
             ) from exc
         except OSError as exc:  # refused, reset, timeout, DNS
-            raise TransientError(f"{self._where()}: {exc.strerror or exc}") from exc
+            cfg = self.config
+            raise TransientError(
+                network_problem(exc, cfg.host, cfg.port, service="SMTP server ")
+            ) from exc
         except smtplib.SMTPException as exc:  # e.g. STARTTLS or AUTH not offered
             raise PermanentError(f"{self._where()}: {exc}") from exc
         finally:

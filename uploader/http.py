@@ -27,6 +27,8 @@ from uploader.base import (
     Receipt,
     TransientError,
     big_blocks_adapter,
+    host_port,
+    network_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -114,12 +116,9 @@ class HttpBackend:
                     allow_redirects=False,
                 )
         except requests.exceptions.SSLError as exc:
-            raise PermanentError(
-                f"{cfg.url}: TLS failed ({exc}); if the endpoint uses a private CA, set "
-                "[helpdesk] ca_file"
-            ) from exc
+            raise PermanentError(network_problem(exc, *host_port(cfg.url))) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"{cfg.url}: {type(exc).__name__}: {exc}") from exc
+            raise TransientError(network_problem(exc, *host_port(cfg.url))) from exc
         except requests.RequestException as exc:
             raise PermanentError(f"{cfg.url}: {exc}") from exc
         finally:

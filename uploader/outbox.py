@@ -43,7 +43,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -78,6 +78,21 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _retry_message(backend: str, exc: Exception) -> str:
+    """What the user is told of a failed attempt that will be retried (never a class name)."""
+    if isinstance(exc, TransientError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # a backend that let one through
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.warning("backend %s raised an OS error unwrapped", backend, exc_info=exc)
+        return f"{backend}: {where}{exc.strerror}"
+    log.error("bug in backend %s", backend, exc_info=exc)
+    return (
+        f"unexpected error in the {backend} backend (a bug; the traceback is in the log): "
+        f"{exc or 'no message'}"
+    )
 
 
 @dataclass
@@ -124,13 +139,16 @@ class Outbox:
         max_bytes: int | None = None,
         backoff_base: float = BACKOFF_BASE,
         backoff_max: float = BACKOFF_MAX,
+        create: bool = True,
     ) -> None:
+        """``create=False`` only reads (a dry run's room check): no directory is made."""
         self.root = root
         self.max_bytes = max_bytes
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        for sub in ("tmp", "queue", "parked", "sent", "locks"):
-            (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        if create:
+            for sub in ("tmp", "queue", "parked", "sent", "locks"):
+                (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
     def default_delivery_dir(self) -> Path:
@@ -259,21 +277,35 @@ class Outbox:
         stop: threading.Event | None = None,
         until_idle: bool = True,
         max_sleep: float = 60.0,
+        only: str | None = None,
+        on_attempt: Callable[[Attempt], None] | None = None,
+        on_wait: Callable[[list[Item], float], None] | None = None,
     ) -> list[Attempt]:
         """Deliver until nothing is queued (``until_idle``) or ``stop`` is set.
 
-        Sleeps until the next item is due; returns the last attempt of each item.
+        Sleeps until the next item is due; returns the last attempt of each item. ``only``
+        restricts it to one item; ``on_attempt`` hears of every attempt made (not of items
+        still waiting), ``on_wait`` of the items left and when the next one is due, before
+        each sleep.
         """
         stop = stop or threading.Event()
         last: dict[str, Attempt] = {}
         while not stop.is_set():
-            for a in self.deliver(backend):
+            busy = False
+            for a in self.deliver(backend, only=only):
+                busy = busy or a.outcome == "busy"
                 if a.outcome != "waiting":
                     last[a.item.name] = a
-            queued = self.items("queued")
+                    if on_attempt is not None:
+                        on_attempt(a)
+            queued = [i for i in self.items("queued") if only is None or i.name == only]
             if not queued and until_idle:
                 break
             due = min((i.record.get("next_attempt", 0.0) for i in queued), default=0.0)
+            if busy:  # another worker holds one: look again in a second, not in a spin
+                due = max(due, time.time() + 1.0)
+            if on_wait is not None:
+                on_wait(queued, due)
             stop.wait(min(max_sleep, max(0.05, due - time.time())))
         return list(last.values())
 
@@ -310,14 +342,13 @@ class Outbox:
             log.warning("outbox: parked %s: %s", item.name, exc)
             return Attempt(item, "parked", str(exc))
         except Exception as exc:
-            if not isinstance(exc, TransientError):
-                log.error("bug in backend %s", backend.name, exc_info=exc)
+            message = _retry_message(backend.name, exc)
             rec.pop("in_flight", None)
             rec["next_attempt"] = time.time() + self._delay(rec["attempts"])
-            rec["last_error"] = str(exc)
+            rec["last_error"] = message
             _write_json(js, rec)
-            log.info("outbox: %s will be retried: %s", item.name, exc)
-            return Attempt(item, "retry", str(exc))
+            log.info("outbox: %s will be retried: %s", item.name, message)
+            return Attempt(item, "retry", message)
         rec.pop("in_flight", None)
         rec["receipt"] = {
             "backend": receipt.backend,

@@ -54,6 +54,8 @@ from uploader.base import (
     Receipt,
     TransientError,
     big_blocks_adapter,
+    host_port,
+    network_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -137,22 +139,26 @@ class RedmineBackend:
         try:
             r = s.request(method, self.o.url + path, timeout=timeout, **kw)
         except requests.exceptions.SSLError as exc:
-            raise PermanentError(
-                f"{what}: TLS problem with {self.o.url}: {exc}; check the certificate or "
-                "[helpdesk] ca_file"
-            ) from None
+            raise PermanentError(f"{what}: {self._problem(exc)}") from None
         except requests.exceptions.ConnectTimeout:  # before Timeout: it is one too
-            raise _NotSent(f"{what}: {self.o.url} did not accept a connection in time") from None
+            raise _NotSent(f"{what}: {self._where()} did not accept a connection in time") from None
         except requests.exceptions.Timeout:
-            raise TransientError(f"{what}: {self.o.url} did not answer in time") from None
+            raise TransientError(f"{what}: {self._where()} did not answer in time") from None
         except requests.exceptions.ConnectionError as exc:
             reason = getattr(exc.args[0] if exc.args else None, "reason", None)
             cls = _NotSent if isinstance(reason, NewConnectionError) else TransientError
-            raise cls(f"{what}: cannot reach {self.o.url}: {_short(exc)}") from None
+            raise cls(f"{what}: {self._problem(exc)}") from None
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"{what}: cannot reach {self.o.url}: {_short(exc)}") from None
+            raise TransientError(f"{what}: {self._problem(exc)}") from None
         self._raise_for(r, what)
         return r
+
+    def _where(self) -> str:
+        host, port = host_port(self.o.url)
+        return f"{host}:{port}"
+
+    def _problem(self, exc: Exception) -> str:
+        return network_problem(exc, *host_port(self.o.url))
 
     def _raise_for(self, r: requests.Response, what: str) -> None:
         code = r.status_code
@@ -439,14 +445,6 @@ def _errors(r: requests.Response) -> str:
     if isinstance(errors, list) and errors:
         return ": " + "; ".join(str(e) for e in errors)
     return ""
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    m = re.search(r"\((Caused by )?(\w+Error)\(.*?'?([^'()]*)'?\)\)", text)
-    if m:
-        return m.group(2)
-    return text[:200]
 
 
 def _fsize(fh: BinaryIO) -> int:

@@ -48,6 +48,7 @@ def build(args: argparse.Namespace) -> Prepared:
     from collectors.pcap import PcapCapture
 
     loaded = settings(args)
+    _check_interface(args.interface)
     kb = load_context(loaded)
     raw: dict[str, Any] = {"interface": args.interface, "duration": args.duration}
     if args.filter:
@@ -70,6 +71,25 @@ def build(args: argparse.Namespace) -> Prepared:
         output=Path(args.output) if args.output else None,
     )
     return prepare(loaded, request, kb=kb, plan=plan)
+
+
+def _check_interface(name: str) -> None:
+    """A capture on an interface that does not exist is refused before anything starts."""
+    import socket
+
+    from agent.errors import ConfigError
+
+    if name == "any":
+        return
+    try:
+        here = sorted(n for _i, n in socket.if_nameindex())
+    except OSError:  # cannot list them: the capture step says what went wrong
+        return
+    if name not in here:
+        raise ConfigError(
+            f"-i {name}: no such interface on this host (here: any, {', '.join(here)}); "
+            "nothing was captured"
+        )
 
 
 class Counter:
@@ -111,13 +131,18 @@ def run(args: argparse.Namespace) -> int:
 
     from agent.cli.collect_cmd import _json_result, _print_result
     from agent.cli.common import emit_json
-    from agent.errors import EXIT_OK, EXIT_PARTIAL
+    from agent.errors import EXIT_OK, EXIT_PARTIAL, Interrupted
     from agent.job import execute
 
     prep = build(args)
     counter = Counter(sys.stderr.isatty(), args.interface)  # stderr: --json stays clean
     t0 = time.monotonic()
-    result = execute(prep, counter)
+    try:
+        result = execute(prep, counter)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first ends the capture early)
+        raise Interrupted(
+            "Ctrl-C twice: the capture was abandoned; nothing was kept (no bundle, no staging)"
+        ) from None
     elapsed = time.monotonic() - t0
     (res,) = result.results
     facts = res.facts

@@ -75,12 +75,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(results: list[DeviceAccess]) -> None:
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from agent.cli.common import hint
     from collectors.firewall.access import findings_text, others_summary, vendor_summary
 
     console = Console(highlight=False, soft_wrap=True)
+    tty = console.is_terminal
     for res in results:
         dev = res.device
         console.print(
@@ -89,15 +93,16 @@ def _print(results: list[DeviceAccess]) -> None:
             markup=True,
         )
         for note in res.notes:
-            console.print(f"  note: {note}", markup=False)
+            console.print(f"  note: {hint(note)}", markup=False)
         if res.error is not None:
-            console.print(f"  [red]error:[/red] {res.error}")
+            console.print(f"  [red]error:[/red] {escape(hint(res.error))}")
             console.print()
             continue
         report = res.report
         assert report is not None
         checked = sum(report.checked_sources.values())
-        table = Table(show_edge=False, pad_edge=False)
+        # box lines on a terminal only: piped or redirected, the table is plain columns
+        table = Table(show_edge=False, pad_edge=False, box=box.HEAVY_HEAD if tty else None)
         for col in ("port", "purpose", "vendor", "others", "status"):
             table.add_column(col)
         style = {"ok": "green", "violation": "red", "unknown": "yellow"}
@@ -113,7 +118,7 @@ def _print(results: list[DeviceAccess]) -> None:
         if report.requirements:
             console.print(table)
         for line in findings_text(report):
-            console.print(f"  {line}" if line else "", markup=False)
+            console.print(f"  {hint(line)}" if line else "", markup=False)
         for p in res.probes:
             console.print(f"  probe {p['port']}/{p['protocol']} -> {p['host']}: {p['result']}")
         verdict = {

@@ -50,11 +50,11 @@ def register(sub: Any) -> None:
     p.add_argument("--description", default="", help="what the problem is, for the new ticket")
     p.add_argument(
         "--attach",
-        nargs="+",
-        action="extend",
+        action="append",
         default=[],
         metavar="FILE",
-        help="add files (screenshots, notes) to the bundle under attachments/",
+        help="add a file (screenshot, notes) to the bundle under attachments/; repeat it for "
+        "several files (--attach a.png --attach b.txt)",
     )
     p.add_argument("-n", "--dry-run", action="store_true", help="print the plan and touch nothing")
     p.add_argument(
@@ -152,12 +152,13 @@ class Progress:
 
 def run(args: argparse.Namespace) -> int:
     from agent.cli.common import emit_json, settings
-    from agent.errors import ConfigError
-    from agent.job import JobRequest, execute, prepare
+    from agent.errors import ConfigError, Interrupted
+    from agent.job import JobRequest, check_job, execute, prepare
 
     loaded = settings(args)
     if args.all_devices and (args.devices or args.types):
         raise ConfigError("--all cannot be combined with DEVICE names or --type")
+    _files_given_as_devices(loaded, args.devices)
     request = JobRequest(
         devices=tuple(args.devices),
         types=tuple(args.types),
@@ -168,19 +169,27 @@ def run(args: argparse.Namespace) -> int:
         description=args.description,
         attachments=tuple(Path(a) for a in args.attach),
     )
-    prep = prepare(loaded, request)
-    if args.dry_run:
-        plan = prep.plan.describe()
+    if args.dry_run:  # every check, nothing created: no keys, outbox, staging or log file
+        checked = check_job(loaded, request, touch=False)
+        plan = checked.plan.describe()
         if args.json:
-            emit_json({"config": loaded.source, "profile": prep.plan.profile, "steps": plan})
+            emit_json(
+                {"ok": True, "config": loaded.source, "profile": checked.plan.profile,
+                 "steps": plan}
+            )  # fmt: skip
         else:
-            _print_plan(loaded.source, prep.plan.profile, plan)
+            _print_plan(loaded.source, checked.plan.profile, plan)
         return 0
+    prep = prepare(loaded, request)
     progress = Progress(sys.stderr.isatty() and not args.json)
     progress.devices(prep.plan)
     t0 = time.monotonic()
     try:
         result = execute(prep, progress)
+    except KeyboardInterrupt:  # the second Ctrl-C: execute removed staging and any partial
+        raise Interrupted(
+            "Ctrl-C twice: the job was abandoned; nothing was kept (no bundle, no staging)"
+        ) from None
     finally:
         progress.stop()
     elapsed = time.monotonic() - t0
@@ -189,6 +198,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_result(result, prep.home, elapsed, len(prep.recipients) - 1)
     return result.exit_code
+
+
+def _files_given_as_devices(loaded: Any, names: list[str]) -> None:
+    """``--attach a.txt b.txt``: b.txt is a DEVICE; say how to attach it instead."""
+    from agent.errors import ConfigError
+
+    known = {d.name for d in loaded.settings.inventory()}
+    for name in names:
+        if name not in known and Path(name).exists():
+            raise ConfigError(
+                f"{name!r} is not a configured device, but a file of that name exists; to "
+                f"attach it, write --attach {name} (one --attach per file)"
+            )
 
 
 def _print_plan(source: str, profile: str, plan: list[dict[str, Any]]) -> None:
@@ -234,12 +256,12 @@ def _json_result(result: JobResult, home: Path, elapsed: float) -> dict[str, Any
 
 
 def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipients: int) -> None:
-    from agent.cli.common import human_size
+    from agent.cli.common import hint, human_size, plural, prog
 
     s = result.manifest["summary"]
     devices = ", ".join(result.manifest["job"]["devices"])
     counts = ", ".join(f"{k} {v}" for k, v in s.items() if k != "steps")
-    print(f"collected {s['steps']} steps from {devices} in {elapsed:.1f}s: {counts}")
+    print(f"collected {plural(s['steps'], 'step')} from {devices} in {elapsed:.1f}s: {counts}")
     if result.interrupted:
         print("  interrupted: steps not yet run were skipped; what was collected is bundled")
     if len(result.manifest["devices"]) > 1:
@@ -248,7 +270,7 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
             print(f"  {dev['name']} ({dev['type']}): {dev['status']} ({steps})")
     for r in result.results:
         if r.status in ("failed", "timeout", "partial"):
-            print(f"  {r.device}/{r.step}: {r.status}: {r.error}")
+            print(f"  {r.device}/{r.step}: {r.status}: {hint(r.error or '')}")
     if result.counts:
         total = sum(result.counts.values())
         print(
@@ -271,19 +293,25 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
         rc = d.receipt
         where = f"attached to ticket #{rc.ticket}" if rc.ticket else f"delivered by {rc.backend}"
         print(f"delivery: {where}: {rc.location}")
-        print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")
+        print(f"signed by {result.manifest['signer']} (see '{prog()} keys show')")
         return
     if d is not None and d.outcome == "parked":
         print(
-            f"delivery: parked: {d.message}\n  the bundle is kept in the outbox; fix the cause, "
-            "then run 'fieldtrace outbox retry' and 'fieldtrace outbox deliver'"
+            f"delivery: parked: {hint(d.message)}\n  the bundle is kept in the outbox; fix the "
+            f"cause, then run '{prog()} outbox retry' and '{prog()} outbox deliver'"
         )
     elif d is not None and d.outcome != "sent":
         print(
-            f"delivery: will retry: {d.message}\n  the bundle is queued in the outbox; "
-            "'fieldtrace outbox deliver' tries again now"
+            f"delivery: will retry: {hint(d.message)}\n  the bundle is queued in the outbox; "
+            f"'{prog()} outbox deliver' tries again now"
         )
     ident = home / "identity.txt"
-    print(f"open it:  fieldtrace bundle open {result.bundle}")
-    print(f"   or:    age -d -i {ident} {result.bundle} | tar --zstd -x")
-    print(f"signed by {result.manifest['signer']} (see 'fieldtrace keys show')")
+    print(f"open it:  {prog()} bundle open {_q(result.bundle)}")
+    print(f"   or:    age -d -i {_q(ident)} {_q(result.bundle)} | tar --zstd -x")
+    print(f"signed by {result.manifest['signer']} (see '{prog()} keys show')")
+
+
+def _q(path: Path | None) -> str:
+    import shlex
+
+    return shlex.quote(str(path))

@@ -33,22 +33,25 @@ def run_check(args: argparse.Namespace) -> int:
                 ref.resolve()
             except ConfigError as exc:
                 problems.append(f"devices[{i}].{where}: {exc}")
+    helpdesk_ok = True
     for key, value in s.helpdesk:  # the backend's secrets (password, auth_value, api_key ...)
         if isinstance(value, SecretRef):
             try:
                 value.resolve()
             except ConfigError as exc:
                 problems.append(f"helpdesk.{key}: {exc}")
+                helpdesk_ok = False
     for j, ref in enumerate(s.scrub.values):
         try:
             ref.resolve()
         except ConfigError as exc:
             problems.append(f"scrub.values[{j}]: {exc}")
-    try:  # the helpdesk backend resolves its own secrets (API key, passwords)
+    try:  # what else building the backend checks (its secrets were reported above)
         from agent.delivery import make_backend
         from agent.keys import home
 
-        make_backend(s, home())
+        if helpdesk_ok:
+            make_backend(s, home())
     except ConfigError as exc:
         problems.append(str(exc))
     if problems:

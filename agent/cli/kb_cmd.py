@@ -109,6 +109,9 @@ def run_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for f in args.files:
         path = Path(f)
+        if path.is_dir():
+            problems.append(f"{f}: is a directory; give the KB files (*.yaml) in it")
+            continue
         if not path.is_file():
             problems.append(f"{f}: file not found")
             continue

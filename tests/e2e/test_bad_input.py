@@ -94,7 +94,7 @@ CASES = [
     Case(
         "bad-device-name",
         "[[devices]]\nname='gw 1'\ntype='linux-host'\n",
-        expect=("devices[0].name", "pattern"),
+        expect=("devices[0].name", "letters or digits first", "got 'gw 1'"),
     ),
     Case(
         "duplicate-device",

@@ -96,7 +96,8 @@ def test_human_output_says_where_the_bundle_is_and_how_to_open_it(cli: Cli) -> N
     out = proc.stdout
     assert "bundle: " + str(cli.home / "outbox" / "delivered") in out
     assert f"age -d -i {cli.home / 'identity.txt'}" in out
-    assert "fieldtrace bundle open" in out
+    # the command as it was run here (python -m agent); tests/e2e/test_newcomer.py has the rest
+    assert "-m agent bundle open " + str(cli.home / "outbox" / "delivered") in out
     assert "signed by SHA256:" in out
 
 

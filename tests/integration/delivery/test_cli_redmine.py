@@ -81,7 +81,7 @@ def test_wrong_api_key_parks_then_retry_delivers(cli: Cli, redmine: Redmine) -> 
     number = redmine.create_issue("wrong key")
     proc = cli.run("collect", "--ticket", str(number), check=1)
     assert "delivery: parked:" in proc.stdout and "refused the API key (HTTP 401)" in proc.stdout
-    assert "fieldtrace outbox retry" in proc.stdout
+    assert "-m agent outbox retry' and " in proc.stdout  # the command as it was run
     [row] = json.loads(cli.run("outbox", "list", "--json", check=0).stdout)
     assert row["state"] == "parked" and "api_key" in row["last_error"]
     keyfile.write_text(redmine.api_key)

@@ -50,6 +50,7 @@ def test_collect_attach_subject_mailed_and_opened_with_stock_tools(
         cli,
         "--attach",
         str(shot),
+        "--attach",
         str(notes),
         "--subject",
         "Calls drop after 30s",
@@ -91,7 +92,7 @@ def test_attach_missing_file_exits_2_naming_it_before_collecting(
     proc = cli.run("collect", "--attach", str(cli.cwd / "nope.png"), check=2)
     assert f"--attach {cli.cwd / 'nope.png'}: no such file" in proc.stderr
     proc = cli.run("collect", "--attach", str(cli.cwd), check=2)
-    assert "not a regular file" in proc.stderr
+    assert "is a directory; attach files one by one" in proc.stderr
     assert smtp.recorder.messages == []
     assert not list((cli.home / "outbox").rglob("*.age"))
 
