@@ -74,6 +74,7 @@ class _KbModel(_Model):
     ssh: SshHints | None = None
     remote_access: list[RemoteAccess] = []
     profiles: dict[str, _ProfileModel] = Field(min_length=1)
+    health: dict[str, Any] | None = None  # validated by agent.health.parse_checks
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class KbType:
     remote_access: tuple[RemoteAccess, ...]
     profiles: dict[str, Profile]
     ssh: SshHints | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # id -> (CheckModel, Step | None)
 
     def hints(self) -> dict[str, Any]:
         """What collectors may know of the type (transport hints), JSON-able."""
@@ -192,6 +194,9 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
     return Step(step_id, name, options, str(raw.get("title", "")), deadline, background, until)
 
 
+validate_step = _validate_step  # for the health checks' steps
+
+
 def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:
     """Validate one KB file's text; ValidationFailed lists every problem found."""
     try:
@@ -228,6 +233,15 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
             seen.add(step.id)
             steps.append(step)
         profiles[pname] = Profile(pname, prof.title, prof.description, tuple(steps))
+    from agent.health import parse_checks
+
+    health = parse_checks(model.health, ("health",), problems)
+    for cid, (check, _) in health.items():
+        if check.profile not in profiles:
+            problems.append(
+                f"health.{cid}.profile: no profile {check.profile!r} in this type "
+                f"(profiles: {', '.join(sorted(profiles))})"
+            )
     if problems:
         raise ValidationFailed(source, problems)
     return KbType(
@@ -240,6 +254,7 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         remote_access=tuple(model.remote_access),
         profiles=profiles,
         ssh=model.ssh,
+        health=health,
     )
 
 

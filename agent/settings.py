@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
+from agent.health import SiteCheck
 from collectors.base import Duration, Size
 from uploader.base import is_loopback
 
@@ -395,6 +396,7 @@ class Settings(Model):
     devices: list[Device] = []
     scrub: Scrub = Scrub()
     collect: Collect = Collect()
+    health: list[SiteCheck] = []
 
     @field_validator("helpdesk", mode="before")
     @classmethod
