@@ -237,10 +237,19 @@ class Service:
                 "UPDATE jobs SET state = 'abandoned', finished = ? WHERE id = ?",
                 (self.clock(), row["id"]),
             )
-        # nothing runs yet: a request left running was cut short, and runs again
-        self.state.execute(
-            "UPDATE requests SET state = 'accepted', job_id = NULL WHERE state = 'running'"
-        )
+        # nothing runs yet: a request left running was cut short. If its bundle reached the
+        # outbox, the outbox delivers it (exactly once); otherwise the request runs again.
+        box = self._outbox()
+        items = box.items("queued") + box.items("parked") + box.items("sent")
+        for row in self.state.query("SELECT id, ticket FROM requests WHERE state = 'running'"):
+            line = f"fieldtrace-request: {row['id']}"
+            queued = any(line in i.meta.markers for i in items)
+            self.state.execute(
+                "UPDATE requests SET state = ?, job_id = NULL WHERE id = ?",
+                ("done" if queued else "accepted", row["id"]),
+            )
+            log.warning("request %s on ticket %s was cut short: %s", row["id"][:12], row["ticket"],
+                        "its bundle is in the outbox" if queued else "it runs again")  # fmt: skip
         backend = self.current.backend
         caps = capabilities(backend)
         for op in self.engine.pending():

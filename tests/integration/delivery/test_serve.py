@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli
+from tests.fixtures.faultproxy import FaultProxy, Rule
 from tests.fixtures.redmine import Redmine
+from tests.fixtures.snmpd import Snmpd
+from tests.fixtures.snmpd import snmpd as snmpd  # the session fixture
 
 pytestmark = pytest.mark.integration
 KB = """\
@@ -378,9 +381,102 @@ def test_kill_9_during_a_request_job_then_restart_delivers_once(
     svc.proc.wait(10)
     again = Serve(cli, site["config"])
     try:
-        again.wait_for(r"was running when the service stopped; it will run again")
+        again.wait_for(r"was cut short: it runs again")
         wait_until("the bundle", lambda: redmine.issue(ticket).get("attachments"), timeout=90)
         time.sleep(3)
         assert len(redmine.issue(ticket)["attachments"]) == 1
     finally:
         again.stop()
+
+
+def test_kill_9_during_a_delivery_then_restart_attaches_once(
+    cli: Cli, redmine: Redmine, site: dict[str, Any], proxy: FaultProxy
+) -> None:
+    ticket = redmine.create_issue("serve: crash during a delivery")
+    config: Path = site["config"]
+    config.write_text(site["base"].replace(redmine.url, proxy.url))
+    proxy.set_rules([Rule("hold", "POST", r"^/uploads\.json")])
+    svc = Serve(cli, config)
+    svc.wait_for(r"serving ")
+    post_note(redmine, ticket, request_block(cli, site, ticket))
+    assert proxy.held.wait(90), "the upload never started:\n" + svc.log()
+    os.kill(svc.proc.pid, signal.SIGKILL)
+    svc.proc.wait(10)
+    proxy.release()
+    proxy.set_rules([])
+    again = Serve(cli, config)
+    try:
+        again.wait_for(r"serving ")
+        wait_until("the bundle", lambda: redmine.issue(ticket).get("attachments"), timeout=90)
+        time.sleep(4)  # more outbox and poll passes: still one
+        assert len(redmine.issue(ticket)["attachments"]) == 1
+        assert len([n for n in notes(redmine, ticket) if "Diagnostics bundle" in n]) == 1
+    finally:
+        again.stop()
+
+
+def test_an_snmp_device_that_stops_answering_opens_one_ticket(
+    cli: Cli, redmine: Redmine, site: dict[str, Any], snmpd: Snmpd
+) -> None:
+    (cli.cwd / "community").write_text(snmpd.community)
+    config: Path = site["config"]
+    config.write_text(site["base"] + f"""
+[[devices]]
+name = "sw1"
+type = "box"
+address = "127.0.0.1"
+snmp = {{ port = {snmpd.port}, version = "2c", community = {{ file = "{cli.cwd / 'community'}" }},
+         timeout = "500ms", retries = 0 }}
+[[health]]
+check = "sw1-up"
+device = "sw1"
+title = "Switch answers SNMP"
+reachable = "snmp"
+interval = "1s"
+[[health]]
+check = "sw1-uptime"
+device = "sw1"
+step = {{ collector = "snmp.get", oid = "SNMPv2-MIB::sysUpTime.0" }}
+expect = {{ min = 1 }}
+interval = "1s"
+""")  # fmt: skip
+    svc = Serve(cli, config)
+    try:
+        svc.wait_for(r"health sw1/sw1-up: ok")
+        snmpd.pause()
+        try:
+            line = svc.wait_for(r"opened ticket (\d+)", timeout=90)
+            number = int(re.search(r"opened ticket (\d+)", line).group(1))  # type: ignore[union-attr]
+            time.sleep(4)  # both checks keep failing: still one ticket
+        finally:
+            snmpd.resume()
+        issue = redmine.issue(number)
+        assert issue["subject"] == "sw1 reachable failing on sw1"
+        assert issue["priority"]["name"] == "Immediate"  # the reachable check is critical
+        downs = [i for i in redmine.issues_with("fieldtrace-problem:") if "sw1" in i["subject"]]
+        assert [i["id"] for i in downs] == [number]
+        note_with(redmine, number, "Recovered at", timeout=60)
+    finally:
+        svc.stop()
+
+
+def test_systemd_notify_ready_and_watchdog(cli: Cli, site: dict[str, Any], tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    cli.env.update(NOTIFY_SOCKET=str(path), WATCHDOG_USEC="1000000")
+    svc = Serve(cli, site["config"])
+    try:
+        got: list[str] = []
+        while "WATCHDOG=1" not in got:
+            got.append(sock.recv(4096).decode())
+        assert got[0] == "READY=1"
+    finally:
+        took = svc.stop()
+        sock.settimeout(10)
+        assert sock.recv(4096).decode() == "STOPPING=1"
+        sock.close()
+    assert took < 10
