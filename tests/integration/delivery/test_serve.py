@@ -425,8 +425,12 @@ def test_an_snmp_device_that_stops_answering_opens_one_ticket(
 name = "sw1"
 type = "box"
 address = "127.0.0.1"
-snmp = {{ port = {snmpd.port}, version = "2c", community = {{ file = "{cli.cwd / 'community'}" }},
-         timeout = "500ms", retries = 0 }}
+[devices.snmp]
+port = {snmpd.port}
+version = "2c"
+timeout = "500ms"
+retries = 0
+community = {{ file = "{cli.cwd / 'community'}" }}
 [[health]]
 check = "sw1-up"
 device = "sw1"
