@@ -81,6 +81,9 @@ class JobRequest:
     subject: str = ""  # for a new ticket (collect --subject)
     description: str = ""  # for a new ticket (collect --description)
     attachments: tuple[Path, ...] = ()  # files added to the bundle (collect --attach)
+    priority: str = ""  # HelpDesk priority of a new ticket (the service's health checks)
+    preface: str = ""  # first lines of the new ticket's description or of the note
+    markers: tuple[str, ...] = ()  # marker lines for the HelpDesk (problem, operation)
 
 
 @dataclass
@@ -310,7 +313,7 @@ def bundle_name(settings: Settings, plan: Plan, when: datetime, bundle_id: str) 
     return f"{settings.site_slug()}-{device}-{plan.profile}-{stamp}-{bundle_id[:8]}{SUFFIX}"
 
 
-class _Staging:
+class Staging:
     """A private (0700) staging directory, locked while in use, always removed."""
 
     def __init__(self, base: Path, job_id: str) -> None:
@@ -347,7 +350,7 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
     job_id = uuid.uuid4().hex
     bundle_id = uuid.uuid4().hex
     created = datetime.now(UTC)
-    staging = _Staging(prep.home, job_id)
+    staging = Staging(prep.home, job_id)
     try:
         runner = Runner(
             prep.plan,
@@ -421,6 +424,9 @@ def execute(prep: Prepared, reporter: Reporter | None = None) -> JobResult:
             created=created.isoformat(),
             subject=subject,
             description=description,
+            priority=prep.request.priority,
+            preface=_scrubbed(prep.scrubber, prep.request.preface),
+            markers=prep.request.markers,
         )
         try:
             item = outbox.put(tmp, meta)

@@ -74,6 +74,7 @@ class _KbModel(_Model):
     ssh: SshHints | None = None
     remote_access: list[RemoteAccess] = []
     profiles: dict[str, _ProfileModel] = Field(min_length=1)
+    health: dict[str, Any] | None = None  # validated by agent.health.parse_checks
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class KbType:
     remote_access: tuple[RemoteAccess, ...]
     profiles: dict[str, Profile]
     ssh: SshHints | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # id -> (CheckModel, Step | None)
 
     def hints(self) -> dict[str, Any]:
         """What collectors may know of the type (transport hints), JSON-able."""
@@ -192,6 +194,9 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
     return Step(step_id, name, options, str(raw.get("title", "")), deadline, background, until)
 
 
+validate_step = _validate_step  # for the health checks' steps
+
+
 def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:
     """Validate one KB file's text; ValidationFailed lists every problem found."""
     try:
@@ -236,6 +241,15 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
             seen.add(step.id)
             steps.append(step)
         steps_of[str(pname)] = tuple(steps)
+    from agent.health import parse_checks
+
+    health = parse_checks(data.get("health"), ("health",), problems)
+    for cid, (check, _) in health.items():
+        if check.profile not in steps_of:
+            problems.append(
+                f"health.{cid}.profile: no profile {check.profile!r} in this type "
+                f"(profiles: {', '.join(sorted(steps_of))})"
+            )
     if problems or model is None:
         raise ValidationFailed(source, problems)
     profiles = {
@@ -252,6 +266,7 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         remote_access=tuple(model.remote_access),
         profiles=profiles,
         ssh=model.ssh,
+        health=health,
     )
 
 

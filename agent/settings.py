@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from agent.errors import ConfigError, ValidationFailed, pydantic_problems
+from agent.health import SiteCheck
 from collectors.base import Duration, Size
 from uploader.base import is_loopback
 
@@ -116,20 +117,47 @@ def _check_recipient(value: str) -> str:
     return value
 
 
-def _check_request_key(value: str) -> str:
-    from agent.keys import parse_public_openssh
+_KEY_TYPE_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+    r"sk-ecdsa-sha2-nistp256@openssh\.com)(-cert-v01@openssh\.com)?$"
+)
 
-    try:
-        parse_public_openssh(value)
-    except ValueError as exc:
-        raise ValueError(f"{exc}, got {value[:24]!r}") from None
-    return value.strip()
+
+def _check_request_key(value: str) -> str:
+    """An OpenSSH public key line, or an allowed_signers line (``principals [options] key``)."""
+    import base64
+    import binascii
+
+    value = value.strip()
+    tokens = value.split()
+    for i, tok in enumerate(tokens[:-1]):
+        if _KEY_TYPE_RE.match(tok):
+            try:
+                blob = base64.b64decode(tokens[i + 1], validate=True)
+            except (binascii.Error, ValueError):
+                break
+            n = int.from_bytes(blob[:4], "big")
+            if (
+                blob[4 : 4 + n].decode(errors="replace")
+                != tok.removesuffix("-cert-v01@openssh.com")
+                and blob[4 : 4 + n].decode(errors="replace") != tok
+            ):
+                break
+            if i > 0 and tokens[0].startswith(("ssh-", "ecdsa-", "sk-")):
+                break  # a key type in the principals' place
+            return value
+    raise ValueError(
+        "expected an OpenSSH public key line ('ssh-ed25519 AAAA... engineer@vendor') or an "
+        "allowed_signers line ('engineer@vendor.example ssh-ed25519 AAAA...', "
+        f"'*@vendor.example cert-authority ssh-ed25519 AAAA...'), got {value[:24]!r}"
+    )
 
 
 class Vendor(Model):
     support_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     recipients: list[Annotated[str, AfterValidator(_check_recipient)]] = []
     request_keys: list[Annotated[str, AfterValidator(_check_request_key)]] = []
+    revoked_keys: Path | None = None  # OpenSSH revoked keys file or KRL (ssh-keygen -Y verify -r)
 
     @field_validator("support_ips", mode="before")
     @classmethod
@@ -260,6 +288,8 @@ class RedmineHelpdesk(Model):
     project: str  # identifier ("support") or numeric id
     tracker: str | int | None = None  # name ("Support") or id; default: the project's first
     priority: str | int | None = None  # name ("Normal") or id; default: Redmine's default
+    # health check severity -> Redmine priority name, for the tickets the service opens
+    priorities: dict[Literal["critical", "major", "minor", "warning"], str] = {}
     timeout: Duration = 60.0  # connect/read timeout of each request (not of a whole upload)
     ca_file: Path | None = None  # CA bundle for a private HTTPS certificate
 
@@ -382,6 +412,26 @@ class Scrub(Model):
     values: list[SecretRef] = []
 
 
+class Requests(Model):
+    """``[requests]``: signed collection requests read from ticket notes (``serve``)."""
+
+    enabled: bool = True
+    poll_interval: Duration = 60.0
+    approve_within: Duration = 24 * 3600.0
+    policy: dict[str, Literal["auto", "approve", "deny"]] = {}  # profile (or "*") -> decision
+
+    def decision(self, profile: str) -> str:
+        return self.policy.get(profile, self.policy.get("*", "approve"))
+
+
+class Service(Model):
+    """``[service]``: the daemon's site-wide limits."""
+
+    max_new_tickets_per_hour: int = Field(10, ge=1, le=1000)
+    outbox_interval: Duration = 30.0  # how often queued bundles are tried
+    job_timeout: Duration = 3600.0  # a job still running after this is reported
+
+
 class Collect(Model):
     max_parallel_devices: int = Field(32, ge=1, le=256)
     default_profile: str = "default"
@@ -399,6 +449,9 @@ class Settings(Model):
     devices: list[Device] = []
     scrub: Scrub = Scrub()
     collect: Collect = Collect()
+    health: list[SiteCheck] = []
+    requests: Requests = Requests()
+    service: Service = Service()
 
     @field_validator("helpdesk", mode="before")
     @classmethod

@@ -11,6 +11,11 @@ A backend delivers one finished (encrypted) bundle to the HelpDesk:
   (retrying cannot help: bad credentials, unknown ticket, file refused as too large).
   Anything else it raises is treated as transient and logged as a bug.
 * Retries, backoff and the spool live in the outbox worker, never in a backend.
+* Beyond delivery a backend declares its ``capabilities`` (``CAPABILITIES``): ``create``
+  (a delivery without a ticket opens one), ``attach``, ``note`` (``add_note``),
+  ``read_notes`` (``notes_since``), ``search`` (``find_marker``) and ``ticket_state``
+  (``ticket_state``). The service uses what the configured backend has; ``config check``
+  says what a site loses with a backend that lacks some (``directory`` only attaches).
 * A backend whose delivery takes several steps (create the ticket, upload, attach) may
   also accept ``checkpoint=``: a small durable record kept with the outbox item. What it
   saves there (the ticket it created, the upload token) survives a crash, so the next
@@ -47,6 +52,9 @@ class DeliveryMeta:
     subject: str = ""
     created: str = ""
     description: str = ""  # the technician's own words for a new ticket
+    priority: str = ""  # the HelpDesk's priority name for a new ticket (health severities)
+    preface: str = ""  # text put first in the ticket's description or the attaching note
+    markers: tuple[str, ...] = ()  # extra marker lines (problem fingerprint, operation id)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +63,9 @@ class DeliveryMeta:
     def from_json(cls, data: dict[str, Any]) -> DeliveryMeta:
         data = dict(data)
         data["devices"] = tuple(data.get("devices", ()))
-        return cls(**data)
+        data["markers"] = tuple(data.get("markers", ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,47 @@ class Backend(Protocol):
     name: str
 
     def deliver(self, bundle_path: Path, meta: DeliveryMeta) -> Receipt: ...
+
+
+CAPABILITIES = ("create", "attach", "note", "read_notes", "search", "ticket_state")
+CAPABILITY_TEXT = {
+    "create": "open a ticket for a new problem",
+    "attach": "attach bundles to tickets",
+    "note": "add notes to tickets (repeats, recoveries, answers to requests)",
+    "read_notes": "read ticket notes (collection requests from vendor engineers)",
+    "search": "find its own earlier writes after a crash (no duplicate tickets or notes)",
+    "ticket_state": "tell an open ticket from a closed one (a closed case gets a new ticket)",
+}
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note (journal entry, comment) on a ticket, as the HelpDesk returned it."""
+
+    ticket: str
+    id: str
+    author: str
+    created: str  # ISO 8601, UTC
+    text: str
+    ticket_open: bool = True
+
+
+class TicketBackend(Protocol):
+    """The optional, non-delivery side of a backend (see ``capabilities``)."""
+
+    name: str
+    capabilities: frozenset[str]
+
+    def add_note(self, ticket: str, text: str) -> None: ...
+    def notes_since(self, since: str | None) -> tuple[list[Note], str]: ...
+    def find_marker(self, marker: str, ticket: str | None = None) -> str | None: ...
+    def ticket_state(self, ticket: str) -> str: ...  # "open" | "closed"
+
+
+def capabilities(backend: object) -> frozenset[str]:
+    """What ``backend`` can do; a backend that declares nothing can only attach."""
+    caps = getattr(backend, "capabilities", None)
+    return frozenset(caps) if caps is not None else frozenset({"attach"})
 
 
 class Checkpoint(Protocol):

@@ -14,6 +14,7 @@ class DirectoryBackend:
     """Delivers by atomic copy; a bundle already there with the same size is not copied again."""
 
     name = "directory"
+    capabilities = frozenset({"attach"})
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -131,6 +131,7 @@ class EmailBackend:
     """Mails the bundle (or its parts) from the registered address to the support address."""
 
     name = "email"
+    capabilities = frozenset({"create", "attach"})
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config

@@ -71,6 +71,7 @@ class HttpBackend:
     """POSTs the bundle and its metadata to the configured endpoint."""
 
     name = "http"
+    capabilities = frozenset({"create", "attach"})
 
     def __init__(self, config: HttpConfig) -> None:
         self.config = config

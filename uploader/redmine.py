@@ -47,9 +47,11 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from uploader.base import (
+    CAPABILITIES,
     Checkpoint,
     DeliveryMeta,
     MemoryCheckpoint,
+    Note,
     PermanentError,
     Receipt,
     TransientError,
@@ -113,6 +115,7 @@ def marker(meta: DeliveryMeta) -> str:
 
 class RedmineBackend:
     name = "redmine"
+    capabilities = frozenset(CAPABILITIES)
 
     def __init__(
         self, options: RedmineOptions, progress: Callable[[int], None] | None = None
@@ -278,8 +281,9 @@ class RedmineBackend:
         }
         if self.o.tracker is not None:
             fields["tracker_id"] = self._lookup(s, "tracker", self.o.tracker)
-        if self.o.priority is not None:
-            fields["priority_id"] = self._lookup(s, "priority", self.o.priority)
+        priority = meta.priority or self.o.priority
+        if priority:
+            fields["priority_id"] = self._lookup(s, "priority", priority)
         r = self._call(s, "POST", "/issues.json", "creating the ticket", json={"issue": fields})
         number = int(_json(r)["issue"]["id"])
         log.info("redmine: created ticket #%d for bundle %s", number, meta.bundle_id)
@@ -377,6 +381,83 @@ class RedmineBackend:
                 ) from None
             raise
 
+    # -- the service's side: notes, search, ticket state --------------------------------
+    def add_note(self, ticket: str, text: str) -> None:
+        number = parse_ticket(ticket)
+        with self._session() as s:
+            self._call(
+                s, "PUT", f"/issues/{number}.json", f"adding a note to ticket #{number}",
+                json={"issue": {"notes": text}},
+            )  # fmt: skip
+
+    def ticket_state(self, ticket: str) -> str:
+        number = parse_ticket(ticket)
+        with self._session() as s:
+            status = self._issue(s, number).get("status") or {}
+        return "closed" if status.get("is_closed") else "open"
+
+    def find_marker(self, marker_line: str, ticket: str | None = None) -> str | None:
+        """The ticket whose description (or, given ``ticket``, whose notes) holds the line."""
+        with self._session() as s:
+            if ticket is not None:
+                number = parse_ticket(ticket)
+                r = self._call(s, "GET", f"/issues/{number}.json", f"reading ticket #{number}",
+                               params={"include": "journals"})  # fmt: skip
+                issue = _json(r).get("issue") or {}
+                texts = [str(issue.get("description") or "")]
+                texts += [str(j.get("notes") or "") for j in issue.get("journals") or []]
+                return str(number) if any(marker_line in t for t in texts) else None
+            r = self._call(
+                s, "GET", "/issues.json", "searching for an earlier write",
+                params={"project_id": self.o.project, "status_id": "*",
+                        "description": f"~{marker_line}", "sort": "id", "limit": 5},
+            )  # fmt: skip
+            ids = [int(i["id"]) for i in _json(r).get("issues", [])]
+            return str(min(ids)) if ids else None
+
+    def notes_since(self, since: str | None) -> tuple[list[Note], str]:
+        """Notes added to the project's tickets after ``since`` (an ISO time; None: now).
+
+        Returns the notes, oldest first, and the cursor for the next call. Tickets are
+        those updated since then (Redmine's ``updated_on`` filter), open or closed (the
+        note says which), read with their journals; the cursor steps back a minute to
+        cover clock skew, so a caller must drop notes it has seen (by id)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+        if since is None:
+            return [], now
+        notes: list[Note] = []
+        with self._session() as s:
+            offset = 0
+            while True:
+                r = self._call(
+                    s, "GET", "/issues.json", "reading updated tickets",
+                    params={"project_id": self.o.project, "status_id": "*",
+                            "updated_on": f">={since}", "sort": "updated_on",
+                            "limit": 100, "offset": offset},
+                )  # fmt: skip
+                page = _json(r)
+                issues = page.get("issues") or []
+                for issue in issues:
+                    number = int(issue["id"])
+                    full = _json(self._call(
+                        s, "GET", f"/issues/{number}.json", f"reading ticket #{number}",
+                        params={"include": "journals"},
+                    )).get("issue") or {}  # fmt: skip
+                    closed = bool((full.get("status") or {}).get("is_closed"))
+                    for j in full.get("journals") or []:
+                        text = j.get("notes") or ""
+                        created = str(j.get("created_on") or "")
+                        if not text or created < since:
+                            continue
+                        author = str((j.get("user") or {}).get("name") or "")
+                        notes.append(Note(str(number), str(j.get("id")), author, created,
+                                          str(text), ticket_open=not closed))  # fmt: skip
+                offset += len(issues)
+                if not issues or offset >= int(page.get("total_count") or 0):
+                    break
+        notes.sort(key=lambda n: (n.created, int(n.id) if n.id.isdigit() else 0))
+        return notes, now
+
 
 def subject(meta: DeliveryMeta) -> str:
     if meta.subject:
@@ -389,6 +470,8 @@ def subject(meta: DeliveryMeta) -> str:
 
 def description(meta: DeliveryMeta) -> str:
     lines = []
+    if meta.preface:
+        lines += [meta.preface.strip(), ""]
     if meta.description:
         lines += [meta.description.strip(), ""]
     lines += [
@@ -402,18 +485,21 @@ def description(meta: DeliveryMeta) -> str:
         f"Collected: {meta.created}",
         "",
         marker(meta),
+        *meta.markers,
     ]
     return "\n".join(lines)
 
 
 def note(meta: DeliveryMeta) -> str:
-    lines = [
+    lines = [meta.preface.strip(), ""] if meta.preface else []
+    lines += [
         f"Diagnostics bundle attached: {meta.name} ({meta.size} bytes, sha256 {meta.sha256})",
         "",
         meta.summary.strip() or "(no summary)",
         "",
         "The bundle is encrypted to the vendor's key: fieldtrace bundle open FILE",
         marker(meta),
+        *meta.markers,
     ]
     return "\n".join(lines)
 

@@ -16,15 +16,19 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.cli import (
+    audit_cmd,
     bundle_cmd,
     capture_cmd,
     check_access_cmd,
     collect_cmd,
     config_cmd,
     devices_cmd,
+    health_cmd,
     kb_cmd,
     keys_cmd,
     outbox_cmd,
+    request_cmd,
+    serve_cmd,
 )
 
 _argv: list[str] = []  # the arguments being parsed (a usage error with --json needs them)
@@ -78,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         outbox_cmd,
         devices_cmd,
         check_access_cmd,
+        serve_cmd,
+        health_cmd,
+        request_cmd,
+        audit_cmd,
     ):
         mod.register(sub)
     return p

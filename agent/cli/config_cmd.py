@@ -46,14 +46,22 @@ def run_check(args: argparse.Namespace) -> int:
             ref.resolve()
         except ConfigError as exc:
             problems.append(f"scrub.values[{j}]: {exc}")
+    backend = None
     try:  # what else building the backend checks (its secrets were reported above)
         from agent.delivery import make_backend
         from agent.keys import home
 
         if helpdesk_ok:
-            make_backend(s, home())
+            backend = make_backend(s, home())
     except ConfigError as exc:
         problems.append(str(exc))
+    checks: list[Any] = []
+    try:
+        from agent.health import resolve_checks
+
+        checks = resolve_checks(s, kb, loaded.source)
+    except ConfigError as exc:
+        problems.append(str(exc).replace(f"{loaded.source}: ", ""))
     if problems:
         raise ConfigError("\n".join(f"{loaded.source}: {p}" for p in problems))
     summary: dict[str, Any] = {
@@ -63,7 +71,16 @@ def run_check(args: argparse.Namespace) -> int:
         "kb_types": sorted(kb.types),
         "recipients": len(s.vendor.recipients),
         "helpdesk": s.helpdesk.backend,
+        "health_checks": len(checks),
+        "helpdesk_capabilities": [],
+        "helpdesk_lacks": {},
     }
+    if backend is not None:
+        from uploader.base import CAPABILITIES, CAPABILITY_TEXT, capabilities
+
+        caps = capabilities(backend)
+        summary["helpdesk_capabilities"] = sorted(caps)
+        summary["helpdesk_lacks"] = {c: CAPABILITY_TEXT[c] for c in CAPABILITIES if c not in caps}
     if args.json:
         emit_json({"ok": True, **summary})
     else:
@@ -72,6 +89,14 @@ def run_check(args: argparse.Namespace) -> int:
             f"  site {summary['site']}; devices: {', '.join(summary['devices'])}; "
             f"{summary['recipients']} vendor recipient(s); helpdesk: {summary['helpdesk']}"
         )
+        lacks = summary["helpdesk_lacks"]
+        if lacks:
+            print(f"  the {s.helpdesk.backend} backend cannot, so `fieldtrace serve` will not:")
+            for what in lacks.values():
+                print(f"    - {what}")
+            if "read_notes" in lacks and s.vendor.request_keys:
+                print("  note: [vendor] request_keys is set, but requests are read from ticket "
+                      "notes, which this backend cannot read")  # fmt: skip
         if not s.vendor.recipients:
             print(
                 "  note: no [vendor] recipients: bundles are encrypted to this site's "
