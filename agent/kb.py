@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent import readonly
 from agent.errors import ConfigError, ValidationFailed, format_path, pydantic_problems
 from collectors import registry
 from collectors.base import Options, parse_duration
@@ -54,6 +55,16 @@ class SshHints(_Model):
     _check_prompt = field_validator("prompt", "pager")(_regex)
 
 
+class ReadOnly(_Model):
+    """``read_only``: which CLI family's read-only defaults apply, and what else is allowed
+    (patterns: see agent/readonly.py and docs/read-only.md)."""
+
+    cli: Literal["linux", "network", "cisco", "huawei", "junos", "fortinet", "mikrotik"] | None = (
+        None
+    )
+    allow: list[str] = []
+
+
 class RemoteAccess(_Model):
     port: int = Field(ge=1, le=65535)
     protocol: Literal["tcp", "udp"] = "tcp"
@@ -72,6 +83,7 @@ class _KbModel(_Model):
     description: str = ""
     version: str = ""
     ssh: SshHints | None = None
+    read_only: ReadOnly = ReadOnly()
     remote_access: list[RemoteAccess] = []
     profiles: dict[str, _ProfileModel] = Field(min_length=1)
 
@@ -111,6 +123,7 @@ class KbType:
     remote_access: tuple[RemoteAccess, ...]
     profiles: dict[str, Profile]
     ssh: SshHints | None = None
+    read_only: readonly.Policy = field(default_factory=lambda: readonly.make_policy(None, [])[0])
 
     def hints(self) -> dict[str, Any]:
         """What collectors may know of the type (transport hints), JSON-able."""
@@ -192,6 +205,34 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
     return Step(step_id, name, options, str(raw.get("title", "")), deadline, background, until)
 
 
+# the collectors whose commands reach a device or this host, and the slot that checks them
+_COMMAND_SLOTS: dict[str, readonly.Slot] = {
+    "ssh.shell": "ssh.shell",
+    "ssh.command": "ssh.command",
+    "local.command": "local.command",
+}
+
+
+def _step_commands(step: Step) -> list[tuple[str, str]]:
+    """(path below the step, command) of every command a step sends."""
+    command = getattr(step.options, "command", None)
+    if step.collector == "ssh.shell":
+        out = [("command", command)] if command else []
+        commands = getattr(step.options, "commands", ())
+        return out + [(f"commands[{i}]", c) for i, c in enumerate(commands)]
+    return [("command", command)] if isinstance(command, str) else []
+
+
+def _check_read_only(
+    policy: readonly.Policy, slot: readonly.Slot, where: str, command: str, problems: list[str]
+) -> None:
+    """A command the type can send must be on its allow-list (docs/read-only.md)."""
+    try:
+        policy.check(slot, command)
+    except readonly.Refused as exc:
+        problems.append(f"{where}: {command!r} {exc}")
+
+
 def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:
     """Validate one KB file's text; ValidationFailed lists every problem found."""
     try:
@@ -211,6 +252,15 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         problems.append(
             f"type: {model.type!r} does not match the file name; name the file {model.type}.yaml"
         )
+    policy, policy_problems = readonly.make_policy(model.read_only.cli, model.read_only.allow)
+    problems.extend(policy_problems)
+    if model.ssh is not None:
+        for i, cmd in enumerate(model.ssh.on_open):
+            _check_read_only(policy, "ssh.on_open", f"ssh.on_open[{i}]", cmd, problems)
+        try:
+            readonly.check_pager_answer(model.ssh.pager_answer)
+        except readonly.Refused as exc:
+            problems.append(f"ssh.pager_answer: {exc}")
     profiles: dict[str, Profile] = {}
     for pname, prof in model.profiles.items():
         if not STEP_ID_RE.match(pname):
@@ -227,6 +277,11 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
                 )
             seen.add(step.id)
             steps.append(step)
+            slot = _COMMAND_SLOTS.get(step.collector)
+            if slot is not None:
+                for sub, cmd in _step_commands(step):
+                    where = f"profiles.{pname}.steps[{i}].{sub}"
+                    _check_read_only(policy, slot, where, cmd, problems)
         profiles[pname] = Profile(pname, prof.title, prof.description, tuple(steps))
     if problems:
         raise ValidationFailed(source, problems)
@@ -240,6 +295,7 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         remote_access=tuple(model.remote_access),
         profiles=profiles,
         ssh=model.ssh,
+        read_only=policy,
     )
 
 

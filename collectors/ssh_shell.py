@@ -38,12 +38,6 @@ DEFAULT_PROMPT = r"[\w.@()/:-]+[#>$%] ?$"
 DEFAULT_PAGER = r"(?i)(?:-+ ?more ?-+|<-+ ?more ?-+>)[^\n]{0,40}$"
 OPEN_TIMEOUT = 15.0  # login banner to first prompt
 _LINE_CAP = 64 * 1024  # an unfinished line longer than this is flushed as output
-# first words a read-only collection never types (the KB is data, but data can be wrong)
-_FORBIDDEN = {
-    "configure", "conf", "config", "write", "wr", "copy", "reload", "erase", "delete",
-    "format", "clear", "debug", "undebug", "no", "shutdown", "set", "reset", "restart",
-    "rename", "mkdir", "rmdir", "squeeze", "crypto", "license", "install", "upgrade",
-}  # fmt: skip
 
 
 class ChannelLike(Protocol):
@@ -265,12 +259,8 @@ def _check_command(cmd: str) -> str:
         raise ValueError("a command is empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in cmd):
         raise ValueError(f"a command is one line without control characters, got {cmd!r}")
-    first = cmd.split()[0].lower()
-    if first in _FORBIDDEN:
-        raise ValueError(
-            f"{cmd!r} could change the device; collection is read-only "
-            f"(commands starting with {first!r} are refused)"
-        )
+    # what may be typed at all is the KB type's read-only allow-list, checked when the KB
+    # loads (agent/readonly.py); this model only checks the shape
     return cmd.strip()
 
 

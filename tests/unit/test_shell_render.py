@@ -66,9 +66,6 @@ def test_options_take_one_command_or_a_list() -> None:
     ("opts", "reason"),
     [
         ({}, "give command"),
-        ({"command": "configure terminal"}, "read-only"),
-        ({"commands": ["show version", "write memory"]}, "read-only"),
-        ({"command": "debug ccsip messages"}, "read-only"),
         ({"command": "show version\nreload"}, "one line"),
         ({"command": "  "}, "empty"),
         ({"command": "show version", "timeout": "ninety"}, "duration"),
