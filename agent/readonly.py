@@ -64,6 +64,8 @@ class Family:
     case_sensitive: bool = False
     refused_chars: str = ""  # characters refused anywhere in a command of this family
     slash_paths: bool = False  # MikroTik: "/ip/address/print" is "/ip address print"
+    min_abbreviation: int = 1  # shortest abbreviation accepted (besides being unique)
+    dashes: bool = True  # a word of the command may start with "-" (not in device CLIs)
 
 
 def _words(text: str) -> frozenset[str]:
@@ -143,6 +145,7 @@ CISCO = Family(
     ),
     vocabulary=_CISCO_VOCAB,
     filter_vocabulary=_CISCO_FILTERS_VOCAB,
+    dashes=False,
 )
 HUAWEI = Family(
     "huawei",
@@ -152,6 +155,7 @@ HUAWEI = Family(
     filters=("begin ...", "exclude ...", "include ...", "count", "section ...", "no-more"),
     vocabulary=_HUAWEI_VOCAB,
     filter_vocabulary=_HUAWEI_FILTERS_VOCAB,
+    dashes=False,
 )
 JUNOS = Family(
     "junos",
@@ -172,6 +176,7 @@ JUNOS = Family(
     ),
     vocabulary=_JUNOS_VOCAB,
     filter_vocabulary=_JUNOS_FILTERS_VOCAB,
+    dashes=False,
 )
 FORTINET = Family(
     "fortinet",
@@ -181,6 +186,7 @@ FORTINET = Family(
     filters=("grep ...",),
     vocabulary=_FORTI_VOCAB,
     filter_vocabulary=_FORTI_FILTERS_VOCAB,
+    dashes=False,
 )
 _MT_ARGS = "... !file=*"  # "print file=x" and "export file=x" write a file on the router
 MIKROTIK = Family(
@@ -347,6 +353,10 @@ NETWORK = Family(
     filter_vocabulary=(
         _CISCO_FILTERS_VOCAB | _HUAWEI_FILTERS_VOCAB | _JUNOS_FILTERS_VOCAB | _FORTI_FILTERS_VOCAB
     ),
+    dashes=False,
+    # without a named family the target could even be a Unix shell, where 'sh' is the
+    # shell itself: abbreviations start at 3 letters ('sho run'; 'sh run' needs cli: cisco)
+    min_abbreviation=3,
 )
 FAMILIES: dict[str, Family] = {
     f.name: f for f in (LINUX, NETWORK, CISCO, HUAWEI, JUNOS, FORTINET, MIKROTIK)
@@ -591,7 +601,7 @@ def _refuses(word: str, refusal: str) -> bool:
 def _abbreviates(word: str, verb: str, vocabulary: Iterable[str]) -> bool:
     """``word`` is a prefix of ``verb`` and of no other known command."""
     if not word or not verb.startswith(word):
-        return False
+        return False  # (the caller checks the family's minimum length)
     return all(v == verb or not v.startswith(word) for v in vocabulary)
 
 
@@ -612,7 +622,12 @@ class _Matcher:
             return fnmatch.fnmatchcase(w, a)
         if w == a:
             return True
-        return first and self.fam.abbreviations and _abbreviates(w, a, self.vocabulary)
+        return (
+            first
+            and self.fam.abbreviations
+            and len(w) >= self.fam.min_abbreviation
+            and _abbreviates(w, a, self.vocabulary)
+        )
 
     def match(self, pat: Pattern, words: Sequence[_Word]) -> bool:
         for w in words:
@@ -709,6 +724,11 @@ class Policy:
         vocab = fam.vocabulary | {self_w.lower() for p in commands for self_w in p.first_words}
         fvocab = fam.filter_vocabulary | {w.lower() for p in filters for w in p.first_words}
         first, rest = segments[0], segments[1:]
+        if not fam.dashes and any(w.text.startswith("-") for w in first):
+            raise Refused(
+                f"has a word starting with '-': {fam.name} CLI commands take none (such a word "
+                "would be an option to a program, as if this were a Unix shell)"
+            )
         m = _Matcher(fam, frozenset(vocab))
         if not any(m.match(p, first) for p in commands):
             raise Refused(self._not_allowed(slot, fam))
