@@ -765,7 +765,7 @@ class Policy:
             slots[slot] = {
                 "cli": fam.name,
                 "defaults": list(defaults),
-                "filters": [] if slot == "local.command" else list(fam.filters),
+                "filters": [] if slot in ("local.command", "ssh.on_open") else list(fam.filters),
                 "abbreviations": fam.abbreviations,
             }
         out["slots"] = slots
