@@ -59,40 +59,68 @@ _JUNK = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
 
 def render_line(line: str) -> str:
     """What a terminal shows for one line: carriage returns, backspaces and erase-line
-    sequences applied (pagers erase their prompt with them), other escapes dropped."""
+    sequences applied (pagers erase their prompt with them), other escapes dropped.
+
+    Spaces the device printed are kept, trailing ones too: the output is kept as printed.
+    Only blanks that *erased* something are dropped at the end of the line: a space the
+    cursor later moved back over (`` --More-- `` erased by backspace, space, backspace, or
+    by carriage return and spaces) is an erased cell, not text."""
     if not _CONTROL.search(line):
-        return _JUNK.sub("", line).rstrip()
+        return _JUNK.sub("", line)
     buf: list[str] = []
+    erased: list[bool] = []  # per cell: a space the cursor moved back over
     cur = 0
+
+    def back_to(col: int) -> None:
+        nonlocal cur
+        col = max(0, col)
+        for i in range(col, min(cur, len(buf))):
+            if buf[i] == " ":
+                erased[i] = True
+        cur = col
+
     for tok in _TOKENS.split(line):
         if not tok:
             continue
         if tok == "\r":
-            cur = 0
+            back_to(0)
         elif tok == "\x08":
-            cur = max(0, cur - 1)
+            back_to(cur - 1)
         elif tok.startswith("\x1b"):
             if tok.endswith("K"):  # erase in line: 0/none = to the end, 1 = to the cursor
                 arg = tok[2:-1]
                 if arg == "1":
                     buf[:cur] = [" "] * min(cur, len(buf))
+                    erased[:cur] = [True] * min(cur, len(erased))
                 elif arg == "2":
                     buf = [" "] * min(cur, len(buf))
+                    erased = [True] * len(buf)
                 else:
                     del buf[cur:]
+                    del erased[cur:]
             elif tok.endswith("D") and tok.startswith("\x1b["):  # cursor back N
-                cur = max(0, cur - int(tok[2:-1] or 1))
+                back_to(cur - int(tok[2:-1] or 1))
             elif tok.endswith("G") and tok.startswith("\x1b["):  # cursor to column N
-                cur = max(0, int(tok[2:-1] or 1) - 1)
+                col = int(tok[2:-1] or 1) - 1
+                if col < cur:
+                    back_to(col)
+                else:
+                    cur = col
         else:
             for ch in _JUNK.sub("", tok):
                 if cur < len(buf):
                     buf[cur] = ch
+                    erased[cur] = False
                 else:
                     buf.extend(" " * (cur - len(buf)))
+                    erased.extend([True] * (cur - len(erased)))  # skipped over, never printed
                     buf.append(ch)
+                    erased.append(False)
                 cur += 1
-    return "".join(buf).rstrip()
+    end = len(buf)
+    while end and erased[end - 1]:
+        end -= 1
+    return "".join(buf[:end])
 
 
 def render(text: str) -> str:
@@ -193,7 +221,7 @@ class ShellDriver:
                 self.channel.sendall(self.pager_answer)
                 continue
             if last and self.is_prompt(last):
-                prompt = last
+                prompt = last.rstrip()
                 break
         self.last_line = render_line(line.decode("utf-8", "replace"))
         if prompt is None:
@@ -223,10 +251,14 @@ class ShellDriver:
 
 
 def _strip_echo(text: str, command: str) -> str:
-    first, _, rest = text.partition("\n")
-    if first.rstrip().endswith(command.strip()):
-        text = rest
-    return text.strip("\n") + "\n" if text.strip() else ""
+    """The output without the echoed command line; everything else as printed (blank
+    lines and trailing spaces included)."""
+    first, nl, rest = text.partition("\n")
+    if nl and first.rstrip().endswith(command.strip()):
+        return rest
+    if not nl and first.rstrip().endswith(command.strip()):
+        return ""
+    return text
 
 
 # --- the collector ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collectors.ssh_shell import (
 @pytest.mark.parametrize(
     ("raw", "shown"),
     [
-        ("plain line  ", "plain line"),
+        ("plain line  ", "plain line  "),  # trailing spaces the device printed are kept
         (
             " --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "interface Gi0/0/1",
             "interface Gi0/0/1",
@@ -28,6 +28,12 @@ from collectors.ssh_shell import (
         ("\x1b[7m--More--\x1b[m", "--More--"),
         ("abcdef\x1b[3Dxyz", "abcxyz"),
         ("abc\x07def", "abcdef"),
+        # the pager's erasing blanks are not output, spaces printed after them are
+        (" --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "end", "end"),
+        (" --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "end   ", "end   "),
+        ("<--- More --->\r" + " " * 14 + "\rend  ", "end  "),
+        ("12345\r\x1b[K", ""),
+        ("a\x1b[5Gb ", "a   b "),
     ],
 )
 def test_render_line_applies_what_a_terminal_would(raw: str, shown: str) -> None:
@@ -39,10 +45,12 @@ def test_render_normalises_line_ends() -> None:
 
 
 def test_strip_echo_drops_the_typed_command_only() -> None:
-    assert _strip_echo("show version\nCisco IOS\n\n", "show version") == "Cisco IOS\n"
+    # blank lines before, inside and after the output are the device's: kept
+    assert _strip_echo("show version\n\nCisco IOS  \n\n", "show version") == "\nCisco IOS  \n\n"
     assert _strip_echo("gw1#show version\nline\n", "show version") == "line\n"
     assert _strip_echo("no echo here\n", "show version") == "no echo here\n"
     assert _strip_echo("show version\n", "show version") == ""
+    assert _strip_echo("show version", "show version") == ""
 
 
 def test_artifact_names_are_safe_and_unique() -> None:
