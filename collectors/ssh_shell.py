@@ -264,6 +264,17 @@ def _strip_echo(text: str, command: str) -> str:
 # --- the collector ------------------------------------------------------------------------
 
 
+def _take_shell(session: Any, ctx: StepContext, options: Any) -> ShellDriver | None:
+    """The shell an earlier step of this device left at its prompt, set up for this step."""
+    take = getattr(session, "take_shell", None)
+    driver = take() if take is not None else None
+    if not isinstance(driver, ShellDriver):
+        return None
+    driver.newline = options.newline
+    driver.cancel = ctx.cancel
+    return driver
+
+
 @dataclass(frozen=True)
 class ShellHints:
     """The KB type's ``ssh`` hints as the shell needs them (defaults for a plain CLI)."""
@@ -353,7 +364,9 @@ class SshShell(Collector):
         session = ctx.session("ssh")
         results: list[dict[str, Any]] = []
         taken: set[str] = set()
-        driver: ShellDriver | None = None
+        # one shell per device connection, shared by the device's ssh.shell steps: devices
+        # that serve one shell per connection never see a second one
+        driver: ShellDriver | None = _take_shell(session, ctx, options)
         try:
             for cmd in options.command_list():
                 entry: dict[str, Any] = {"command": cmd, "status": "not run"}
@@ -388,9 +401,18 @@ class SshShell(Collector):
                 if not reply.complete:  # the CLI is in an unknown state: start afresh
                     driver.channel.close()
                     driver = None
-        finally:
+        except BaseException:
             if driver is not None:
                 driver.channel.close()
+                driver = None
+            raise
+        finally:
+            if driver is not None:  # at its prompt: kept for the device's next step
+                keep = getattr(session, "keep_shell", None)
+                if keep is not None:
+                    keep(driver)
+                else:
+                    driver.channel.close()
         return self._outcome(results)
 
     @staticmethod
@@ -430,6 +452,13 @@ class SshShell(Collector):
         if not banner.complete:
             channel.close()
             why = "the device closed the session" if banner.closed else "timed out"
+            if not banner.raw_bytes and getattr(session, "shells_opened", 1) > 1:
+                raise StepFailed(
+                    f"the device sent nothing on a new shell ({why}); it may serve only one "
+                    f"shell per SSH connection (this connection has opened "
+                    f"{session.shells_opened}; an earlier one was closed after a command that "
+                    "did not come back to the prompt)"
+                )
             raise StepFailed(
                 f"no CLI prompt matching {hints.prompt!r} after login ({why}); last line "
                 f"received: {driver.last_line[-80:]!r}. Check the KB type's ssh.prompt"
