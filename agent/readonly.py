@@ -28,9 +28,10 @@ against the command, ``|`` segments separately):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Slot = Literal["ssh.shell", "ssh.command", "ssh.on_open", "local.command"]
@@ -669,7 +670,6 @@ class Policy:
     allow: tuple[Pattern, ...] = ()
     shell_family: Family = NETWORK  # ssh.shell and ssh.on_open
     exec_family: Family = LINUX  # ssh.command
-    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def family(self, slot: Slot) -> Family:
         if slot == "local.command":
@@ -680,9 +680,8 @@ class Policy:
 
     def _patterns(self, slot: Slot) -> tuple[list[Pattern], list[Pattern]]:
         fam = self.family(slot)
-        defaults = fam.on_open if slot == "ssh.on_open" else fam.commands
-        commands = [parse_pattern(p) for p in defaults]
-        filters = [parse_pattern("| " + p) for p in fam.filters]
+        default_commands, default_filters = _defaults(fam, slot == "ssh.on_open")
+        commands, filters = list(default_commands), list(default_filters)
         for p in self.allow:
             (filters if p.pipe else commands).append(p)
         return commands, filters
@@ -778,6 +777,13 @@ class Policy:
             "any character that is not printable ASCII",
         ]
         return out
+
+
+@functools.cache
+def _defaults(fam: Family, on_open: bool) -> tuple[tuple[Pattern, ...], tuple[Pattern, ...]]:
+    """A family's default patterns, parsed once: (commands or on_open, pipe filters)."""
+    commands = tuple(parse_pattern(p) for p in (fam.on_open if on_open else fam.commands))
+    return commands, tuple(parse_pattern("| " + p) for p in fam.filters)
 
 
 def check_pager_answer(answer: str) -> None:

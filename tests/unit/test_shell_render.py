@@ -122,3 +122,50 @@ def test_pager_prompt_is_answered_with_the_configured_answer() -> None:
     reply = ShellDriver(chan, pager_answer="\n").run("x", 1)
     assert reply.text == "a\nb\n" and reply.pages == 1
     assert chan.sent == [b"x\n", b"\n"]
+
+
+class _Transport:
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class _Client:
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+
+    def get_transport(self) -> _Transport:
+        return self.transport
+
+
+class _Chan(ScriptedChannel):
+    closed = False
+    eof_received = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_kept_shell_is_handed_back_only_while_it_is_usable() -> None:
+    from collectors.ssh import SshSession
+
+    transport = _Transport(active=True)
+    session = SshSession("gw1", _Client(transport))  # type: ignore[arg-type]
+    assert session.take_shell() is None
+    driver = ShellDriver(_Chan([]))
+    session.keep_shell(driver)
+    assert session.take_shell() is driver and session.take_shell() is None  # taken once
+    session.keep_shell(driver)
+    driver.channel.eof_received = True  # type: ignore[attr-defined]  # the device hung up
+    assert session.take_shell() is None and driver.channel.closed  # type: ignore[attr-defined]
+    fresh = ShellDriver(_Chan([]))
+    session.keep_shell(fresh)
+    transport.active = False  # the connection died between steps
+    assert session.take_shell() is None and fresh.channel.closed  # type: ignore[attr-defined]
+    last = ShellDriver(_Chan([]))
+    transport.active = True
+    session.keep_shell(last)
+    session.close()  # closing the session closes the kept shell
+    assert last.channel.closed  # type: ignore[attr-defined]
