@@ -424,7 +424,7 @@ def resolve_checks(settings: Any, kb: Any, source: str = "config") -> list[Healt
     Problems in ``[[health]]`` (unknown check, device or type) raise ValidationFailed.
     """
     from agent.errors import ValidationFailed
-    from agent.kb import validate_step
+    from agent.kb import check_step_read_only, validate_step
     from agent.runner import _skip_reason
 
     problems: list[str] = []
@@ -457,6 +457,12 @@ def resolve_checks(settings: Any, kb: Any, source: str = "config") -> list[Healt
                 step = validate_step({"id": sc.check, **model.step}, ("health", i, "step"),
                                      problems)  # fmt: skip
                 if step is None:
+                    continue
+                # the device's type decides what may be sent to it, here as in its KB
+                dtype = next(d.type for d in inventory if d.name == sc.device)
+                before = len(problems)
+                check_step_read_only(kb.get(dtype).read_only, step, f"health[{i}].step", problems)
+                if len(problems) > before:
                     continue
             added[(sc.device, sc.check)] = (apply_site(model, sc), step)
         elif sc.check not in declared_ids:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent import readonly
 from agent.errors import ConfigError, ValidationFailed, format_path, pydantic_problems
 from collectors import registry
 from collectors.base import Options, parse_duration
@@ -54,6 +55,16 @@ class SshHints(_Model):
     _check_prompt = field_validator("prompt", "pager")(_regex)
 
 
+class ReadOnly(_Model):
+    """``read_only``: which CLI family's read-only defaults apply, and what else is allowed
+    (patterns: see agent/readonly.py and docs/read-only.md)."""
+
+    cli: Literal["linux", "network", "cisco", "huawei", "junos", "fortinet", "mikrotik"] | None = (
+        None
+    )
+    allow: list[str] = []
+
+
 class RemoteAccess(_Model):
     port: int = Field(ge=1, le=65535)
     protocol: Literal["tcp", "udp"] = "tcp"
@@ -72,6 +83,7 @@ class _KbModel(_Model):
     description: str = ""
     version: str = ""
     ssh: SshHints | None = None
+    read_only: ReadOnly = ReadOnly()
     remote_access: list[RemoteAccess] = []
     profiles: dict[str, _ProfileModel] = Field(min_length=1)
     health: dict[str, Any] | None = None  # validated by agent.health.parse_checks
@@ -113,6 +125,7 @@ class KbType:
     profiles: dict[str, Profile]
     ssh: SshHints | None = None
     health: dict[str, Any] = field(default_factory=dict)  # id -> (CheckModel, Step | None)
+    read_only: readonly.Policy = field(default_factory=lambda: readonly.make_policy(None, [])[0])
 
     def hints(self) -> dict[str, Any]:
         """What collectors may know of the type (transport hints), JSON-able."""
@@ -196,6 +209,52 @@ def _validate_step(raw: Any, loc: tuple[str | int, ...], problems: list[str]) ->
 
 validate_step = _validate_step  # for the health checks' steps
 
+# the collectors whose commands reach a device or this host, and the slot that checks them
+_COMMAND_SLOTS: dict[str, readonly.Slot] = {
+    "ssh.shell": "ssh.shell",
+    "ssh.command": "ssh.command",
+    "local.command": "local.command",
+}
+
+
+def _step_commands(step: Step) -> list[tuple[str, str]]:
+    """(path below the step, command) of every command a step sends."""
+    command = getattr(step.options, "command", None)
+    if step.collector == "ssh.shell":
+        out = [("command", command)] if command else []
+        commands = getattr(step.options, "commands", ())
+        return out + [(f"commands[{i}]", c) for i, c in enumerate(commands)]
+    return [("command", command)] if isinstance(command, str) else []
+
+
+def _check_read_only(
+    policy: readonly.Policy, slot: readonly.Slot, where: str, command: str, problems: list[str]
+) -> None:
+    """A command the type can send must be on its allow-list (docs/read-only.md)."""
+    try:
+        policy.check(slot, command)
+    except readonly.Refused as exc:
+        problems.append(f"{where}: {command!r} {exc}")
+
+
+def check_step_read_only(
+    policy: readonly.Policy, step: Step, where: str, problems: list[str]
+) -> None:
+    """Every command ``step`` would send, checked against the type's allow-list."""
+    slot = _COMMAND_SLOTS.get(step.collector)
+    if slot is not None:
+        for sub, cmd in _step_commands(step):
+            _check_read_only(policy, slot, f"{where}.{sub}", cmd, problems)
+
+
+def _read_only_of(data: dict[str, Any]) -> ReadOnly:
+    """The ``read_only`` section when the file as a whole did not validate (its own
+    problems were reported with the rest); the defaults if it is itself wrong."""
+    try:
+        return ReadOnly.model_validate(data.get("read_only") or {})
+    except ValidationError:
+        return ReadOnly()
+
 
 def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType:
     """Validate one KB file's text; ValidationFailed lists every problem found."""
@@ -219,6 +278,16 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         problems.append(
             f"type: {raw_type!r} does not match the file name; name the file {raw_type}.yaml"
         )
+    ro = model.read_only if model is not None else _read_only_of(data)
+    policy, policy_problems = readonly.make_policy(ro.cli, ro.allow)
+    problems.extend(policy_problems)
+    if model is not None and model.ssh is not None:
+        for i, cmd in enumerate(model.ssh.on_open):
+            _check_read_only(policy, "ssh.on_open", f"ssh.on_open[{i}]", cmd, problems)
+        try:
+            readonly.check_pager_answer(model.ssh.pager_answer)
+        except readonly.Refused as exc:
+            problems.append(f"ssh.pager_answer: {exc}")
     raw_profiles = data.get("profiles")
     steps_of: dict[str, tuple[Step, ...]] = {}
     for pname, prof in (raw_profiles if isinstance(raw_profiles, dict) else {}).items():
@@ -240,16 +309,19 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
                 )
             seen.add(step.id)
             steps.append(step)
+            check_step_read_only(policy, step, f"profiles.{pname}.steps[{i}]", problems)
         steps_of[str(pname)] = tuple(steps)
     from agent.health import parse_checks
 
     health = parse_checks(data.get("health"), ("health",), problems)
-    for cid, (check, _) in health.items():
+    for cid, (check, hstep) in health.items():
         if check.profile not in steps_of:
             problems.append(
                 f"health.{cid}.profile: no profile {check.profile!r} in this type "
                 f"(profiles: {', '.join(sorted(steps_of))})"
             )
+        if hstep is not None:
+            check_step_read_only(policy, hstep, f"health.{cid}.step", problems)
     if problems or model is None:
         raise ValidationFailed(source, problems)
     profiles = {
@@ -267,6 +339,7 @@ def parse_kb(text: str, source: str, expected_type: str | None = None) -> KbType
         profiles=profiles,
         ssh=model.ssh,
         health=health,
+        read_only=policy,
     )
 
 

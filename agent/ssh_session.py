@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -319,6 +320,17 @@ def _connect(device: Device, home: Path) -> tuple[paramiko.SSHClient, list[Any]]
     return client, [via] if via is not None else []
 
 
+# the signature algorithms that prove a host key of each type: an RSA key ("ssh-rsa" in
+# known_hosts) is offered with rsa-sha2-512/256 signatures, and paramiko 4+ no longer
+# accepts the SHA-1 "ssh-rsa" algorithm at all (asking for it raised "unknown cipher")
+_KEY_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def host_key_algorithms(key_type: str, available: Sequence[str]) -> list[str]:
+    """The host key algorithms (of ``available``) that get a server's ``key_type`` key."""
+    return [a for a in _KEY_ALGORITHMS.get(key_type, (key_type,)) if a in available]
+
+
 def fetch_host_key(device: Device, home: Path) -> paramiko.PKey:
     """The device's host key, from a handshake without authentication (for ``trust``)."""
     import paramiko
@@ -336,8 +348,8 @@ def fetch_host_key(device: Device, home: Path) -> paramiko.PKey:
         known = known_keys(home, device.address, ssh.port)
         if known:  # ask for the recorded key type first, like the real connection will
             opts = transport.get_security_options()
-            first = next(iter(known))
-            opts.key_types = [first, *[k for k in opts.key_types if k != first]]
+            first = host_key_algorithms(next(iter(known)), opts.key_types)
+            opts.key_types = [*first, *[k for k in opts.key_types if k not in first]]
         transport.start_client(timeout=timeout)
         return transport.get_remote_server_key()
     except (paramiko.SSHException, EOFError, OSError) as exc:

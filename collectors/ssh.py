@@ -115,6 +115,10 @@ class SshSession:
         self._extra: list[Any] = []  # e.g. the jump host's session, closed with this one
         self._reopen = reopen
         self.reconnects = 0
+        # ssh.shell's logged-in CLI, kept for the device's next ssh.shell steps: many devices
+        # serve one shell per connection (netmiko keeps one too); see take_shell()
+        self._shell: Any = None
+        self.shells_opened = 0
 
     # --- channels ---------------------------------------------------------------------
 
@@ -139,7 +143,39 @@ class SshSession:
             assert t is not None
             return t
 
+    def take_shell(self) -> Any:
+        """The kept shell (ssh.shell's driver) if its channel is still usable, else None;
+        the caller owns it until it hands it back with ``keep_shell``."""
+        with self._lock:
+            shell, self._shell = self._shell, None
+        if shell is None:
+            return None
+        chan = getattr(shell, "channel", None)
+        alive = (
+            chan is not None
+            and not getattr(chan, "closed", False)
+            and not getattr(chan, "eof_received", False)
+            and self._transport_alive()
+        )
+        if not alive:
+            with contextlib.suppress(Exception):
+                shell.channel.close()
+            return None
+        return shell
+
+    def keep_shell(self, shell: Any) -> None:
+        """Keep a shell whose CLI is at its prompt, for the next ssh.shell step."""
+        with self._lock:
+            old, self._shell = self._shell, shell
+        if old is not None and old is not shell:
+            with contextlib.suppress(Exception):
+                old.channel.close()
+
     def _close_quietly(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            with contextlib.suppress(Exception):
+                shell.channel.close()
         sftp, self._sftp = self._sftp, None
         for thing in (sftp, self.client, *self._extra):
             if thing is not None:
@@ -350,6 +386,7 @@ class SshSession:
     ) -> paramiko.Channel:
         """An interactive shell channel with a pty (``timeout`` set on the channel)."""
         chan = self._channel()
+        self.shells_opened += 1
         try:
             chan.settimeout(timeout)
             self._request(chan, "pty-req", "vt100", width, height, 0, 0, b"")

@@ -38,12 +38,6 @@ DEFAULT_PROMPT = r"[\w.@()/:-]+[#>$%] ?$"
 DEFAULT_PAGER = r"(?i)(?:-+ ?more ?-+|<-+ ?more ?-+>)[^\n]{0,40}$"
 OPEN_TIMEOUT = 15.0  # login banner to first prompt
 _LINE_CAP = 64 * 1024  # an unfinished line longer than this is flushed as output
-# first words a read-only collection never types (the KB is data, but data can be wrong)
-_FORBIDDEN = {
-    "configure", "conf", "config", "write", "wr", "copy", "reload", "erase", "delete",
-    "format", "clear", "debug", "undebug", "no", "shutdown", "set", "reset", "restart",
-    "rename", "mkdir", "rmdir", "squeeze", "crypto", "license", "install", "upgrade",
-}  # fmt: skip
 
 
 class ChannelLike(Protocol):
@@ -65,40 +59,68 @@ _JUNK = re.compile(r"[\x00-\x07\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
 
 def render_line(line: str) -> str:
     """What a terminal shows for one line: carriage returns, backspaces and erase-line
-    sequences applied (pagers erase their prompt with them), other escapes dropped."""
+    sequences applied (pagers erase their prompt with them), other escapes dropped.
+
+    Spaces the device printed are kept, trailing ones too: the output is kept as printed.
+    Only blanks that *erased* something are dropped at the end of the line: a space the
+    cursor later moved back over (`` --More-- `` erased by backspace, space, backspace, or
+    by carriage return and spaces) is an erased cell, not text."""
     if not _CONTROL.search(line):
-        return _JUNK.sub("", line).rstrip()
+        return _JUNK.sub("", line)
     buf: list[str] = []
+    erased: list[bool] = []  # per cell: a space the cursor moved back over
     cur = 0
+
+    def back_to(col: int) -> None:
+        nonlocal cur
+        col = max(0, col)
+        for i in range(col, min(cur, len(buf))):
+            if buf[i] == " ":
+                erased[i] = True
+        cur = col
+
     for tok in _TOKENS.split(line):
         if not tok:
             continue
         if tok == "\r":
-            cur = 0
+            back_to(0)
         elif tok == "\x08":
-            cur = max(0, cur - 1)
+            back_to(cur - 1)
         elif tok.startswith("\x1b"):
             if tok.endswith("K"):  # erase in line: 0/none = to the end, 1 = to the cursor
                 arg = tok[2:-1]
                 if arg == "1":
                     buf[:cur] = [" "] * min(cur, len(buf))
+                    erased[:cur] = [True] * min(cur, len(erased))
                 elif arg == "2":
                     buf = [" "] * min(cur, len(buf))
+                    erased = [True] * len(buf)
                 else:
                     del buf[cur:]
+                    del erased[cur:]
             elif tok.endswith("D") and tok.startswith("\x1b["):  # cursor back N
-                cur = max(0, cur - int(tok[2:-1] or 1))
+                back_to(cur - int(tok[2:-1] or 1))
             elif tok.endswith("G") and tok.startswith("\x1b["):  # cursor to column N
-                cur = max(0, int(tok[2:-1] or 1) - 1)
+                col = int(tok[2:-1] or 1) - 1
+                if col < cur:
+                    back_to(col)
+                else:
+                    cur = col
         else:
             for ch in _JUNK.sub("", tok):
                 if cur < len(buf):
                     buf[cur] = ch
+                    erased[cur] = False
                 else:
                     buf.extend(" " * (cur - len(buf)))
+                    erased.extend([True] * (cur - len(erased)))  # skipped over, never printed
                     buf.append(ch)
+                    erased.append(False)
                 cur += 1
-    return "".join(buf).rstrip()
+    end = len(buf)
+    while end and erased[end - 1]:
+        end -= 1
+    return "".join(buf[:end])
 
 
 def render(text: str) -> str:
@@ -199,7 +221,7 @@ class ShellDriver:
                 self.channel.sendall(self.pager_answer)
                 continue
             if last and self.is_prompt(last):
-                prompt = last
+                prompt = last.rstrip()
                 break
         self.last_line = render_line(line.decode("utf-8", "replace"))
         if prompt is None:
@@ -229,13 +251,28 @@ class ShellDriver:
 
 
 def _strip_echo(text: str, command: str) -> str:
-    first, _, rest = text.partition("\n")
-    if first.rstrip().endswith(command.strip()):
-        text = rest
-    return text.strip("\n") + "\n" if text.strip() else ""
+    """The output without the echoed command line; everything else as printed (blank
+    lines and trailing spaces included)."""
+    first, nl, rest = text.partition("\n")
+    if nl and first.rstrip().endswith(command.strip()):
+        return rest
+    if not nl and first.rstrip().endswith(command.strip()):
+        return ""
+    return text
 
 
 # --- the collector ------------------------------------------------------------------------
+
+
+def _take_shell(session: Any, ctx: StepContext, options: Any) -> ShellDriver | None:
+    """The shell an earlier step of this device left at its prompt, set up for this step."""
+    take = getattr(session, "take_shell", None)
+    driver = take() if take is not None else None
+    if not isinstance(driver, ShellDriver):
+        return None
+    driver.newline = options.newline
+    driver.cancel = ctx.cancel
+    return driver
 
 
 @dataclass(frozen=True)
@@ -265,12 +302,8 @@ def _check_command(cmd: str) -> str:
         raise ValueError("a command is empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in cmd):
         raise ValueError(f"a command is one line without control characters, got {cmd!r}")
-    first = cmd.split()[0].lower()
-    if first in _FORBIDDEN:
-        raise ValueError(
-            f"{cmd!r} could change the device; collection is read-only "
-            f"(commands starting with {first!r} are refused)"
-        )
+    # what may be typed at all is the KB type's read-only allow-list, checked when the KB
+    # loads (agent/readonly.py); this model only checks the shape
     return cmd.strip()
 
 
@@ -331,7 +364,9 @@ class SshShell(Collector):
         session = ctx.session("ssh")
         results: list[dict[str, Any]] = []
         taken: set[str] = set()
-        driver: ShellDriver | None = None
+        # one shell per device connection, shared by the device's ssh.shell steps: devices
+        # that serve one shell per connection never see a second one
+        driver: ShellDriver | None = _take_shell(session, ctx, options)
         try:
             for cmd in options.command_list():
                 entry: dict[str, Any] = {"command": cmd, "status": "not run"}
@@ -366,9 +401,18 @@ class SshShell(Collector):
                 if not reply.complete:  # the CLI is in an unknown state: start afresh
                     driver.channel.close()
                     driver = None
-        finally:
+        except BaseException:
             if driver is not None:
                 driver.channel.close()
+                driver = None
+            raise
+        finally:
+            if driver is not None:  # at its prompt: kept for the device's next step
+                keep = getattr(session, "keep_shell", None)
+                if keep is not None:
+                    keep(driver)
+                else:
+                    driver.channel.close()
         return self._outcome(results)
 
     @staticmethod
@@ -408,6 +452,13 @@ class SshShell(Collector):
         if not banner.complete:
             channel.close()
             why = "the device closed the session" if banner.closed else "timed out"
+            if not banner.raw_bytes and getattr(session, "shells_opened", 1) > 1:
+                raise StepFailed(
+                    f"the device sent nothing on a new shell ({why}); it may serve only one "
+                    f"shell per SSH connection (this connection has opened "
+                    f"{session.shells_opened}; an earlier one was closed after a command that "
+                    "did not come back to the prompt)"
+                )
             raise StepFailed(
                 f"no CLI prompt matching {hints.prompt!r} after login ({why}); last line "
                 f"received: {driver.last_line[-80:]!r}. Check the KB type's ssh.prompt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,13 @@ def register(sub: Any) -> None:
         "--replace",
         action="store_true",
         help="with --yes: also replace a key that CHANGED (otherwise refused without a terminal)",
+    )
+    tr.add_argument(
+        "--fingerprint",
+        metavar="SHA256:...",
+        help="the key you expect (as 'ssh-keygen -lf' prints it): record it only if the "
+        "device offers exactly this key, without asking (a script's --yes, pinned); a key "
+        "that CHANGED still needs --replace",
     )
     tr.set_defaults(handler=run_trust)
 
@@ -133,6 +141,23 @@ def run_list(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+
+
+def _expected_fingerprint(value: str | None) -> str | None:
+    from agent.errors import ConfigError
+
+    if value is None:
+        return None
+    if not _FINGERPRINT.match(value.strip()):
+        raise ConfigError(
+            f"--fingerprint {value!r} is not a SHA256 key fingerprint; expected 'SHA256:' and "
+            "43 base64 characters, as 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' prints "
+            "it on the device"
+        )
+    return value.strip().rstrip("=")
+
+
 def run_trust(args: argparse.Namespace) -> int:
     from agent.cli.common import settings
     from agent.errors import ConfigError, RuntimeFailure
@@ -140,6 +165,7 @@ def run_trust(args: argparse.Namespace) -> int:
     from agent.ssh_session import fetch_host_key, fingerprint, known_keys, record_host_key
     from collectors.base import StepError
 
+    expected = _expected_fingerprint(args.fingerprint)  # a usage error before connecting
     loaded = settings(args)
     by_name = {d.name: d for d in loaded.settings.inventory()}
     device = by_name.get(args.name)
@@ -160,6 +186,12 @@ def run_trust(args: argparse.Namespace) -> int:
     where = f"{device.address}:{port}"
     known = known_keys(base, device.address, port)
     print(f"{device.name} ({where}) offers host key {key.get_name()} {fp}")
+    if expected is not None and fp != expected:
+        raise ConfigError(
+            f"{device.name}: the device offers {key.get_name()} {fp}, not the expected "
+            f"{expected}; nothing was recorded. Someone could be intercepting the connection, "
+            "or the expected fingerprint is not this device's: check it on the device's console"
+        )
     recorded = known.get(key.get_name())
     if recorded is not None and recorded == key:
         print(f"{device.name}: this key is already trusted; nothing to do")
@@ -178,7 +210,7 @@ def run_trust(args: argparse.Namespace) -> int:
             "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
             file=sys.stderr,
         )
-    if args.yes:
+    if args.yes or expected is not None:
         if changed and not args.replace:
             raise ConfigError(
                 f"{device.name}: the host key CHANGED; nothing was recorded. After checking the "

@@ -60,6 +60,7 @@ def run_show(args: argparse.Namespace) -> int:
         "sha256": t.sha256,
         "ssh": t.ssh.model_dump() if t.ssh else None,
         "remote_access": [r.model_dump() for r in t.remote_access],
+        "read_only": t.read_only.describe(),
         "profiles": {
             name: {
                 "title": p.title,
@@ -85,6 +86,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  {t.description.strip()}")
     for r in t.remote_access:
         print(f"  remote access: {r.port}/{r.protocol} {r.purpose}")
+    _print_read_only(data["read_only"])
     for name, p in t.profiles.items():
         print(f"\n  profile {name}: {p.title}")
         for s in p.steps:
@@ -92,6 +94,38 @@ def run_show(args: argparse.Namespace) -> int:
             bg = f"  [background until {s.until}]" if s.background else ""
             print(f"    {s.id:<14} {s.collector:<14} {opts}{bg}")
     return 0
+
+
+def _wrapped(patterns: list[str], lead: str = "") -> None:
+    import textwrap
+
+    text = lead + "  ;  ".join(patterns)
+    print(
+        textwrap.fill(
+            text,
+            100,
+            initial_indent=" " * 6,
+            subsequent_indent=" " * 8,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+    )
+
+
+def _print_read_only(ro: dict[str, Any]) -> None:
+    """What the type may send (its read-only allow-list), slot by slot."""
+    print(f"\n  read-only allow-list (read_only.cli: {ro['cli'] or 'not set'}; docs/read-only.md)")
+    for slot, info in ro["slots"].items():
+        abbrev = ", unique abbreviations of the first word" if info["abbreviations"] else ""
+        print(f"    {slot} (cli {info['cli']}{abbrev}):")
+        _wrapped(info["defaults"] or ["(nothing by default)"])
+        if info["filters"]:
+            _wrapped(info["filters"], "after '|': ")
+    print("    read_only.allow (this type, every slot):")
+    for p in ro["allow"] or ["(none)"]:
+        print(f"      {p}")
+    print(f"    ssh.pager_answer: {ro['pager_answer']}")
+    print(f"    refused in any case: {'; '.join(ro['refused_always'])}")
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ The gateways are device-CLI simulators (``tests/fixtures/cli_sim.py``, paramiko 
 in a separate process, each on its own 127.0.0.1 port with its own host key (recorded in
 the site known_hosts) and password login. Each simulated command answers after LATENCY
 seconds (the time a real gateway takes to answer a CLI command) with a recorded output.
-The KB profile has one ssh.shell step per command (a shell channel each, the KB's
+The KB profile has one ssh.shell step per command (sharing the device's shell, the KB's
 ``terminal length 0`` first), like the shipped sip-gateway type. Both runs go through
 ``agent.runner.Runner`` with real ``open_ssh`` sessions in this process, in the same run.
 Prints both wall times, the ratio (target <= 1.5) and peak RSS of this process and of the

@@ -34,7 +34,7 @@ from tests.fixtures.sshd import Sshd, running_sshd, throwaway_user  # noqa: E402
 
 
 def kb(steps: int, latency: float) -> KnowledgeBase:
-    cmd = f"sleep {latency}; uname -a; cat /proc/loadavg"
+    cmd = f"sleep {latency}"  # one command: the read-only allow-list refuses ";" chains
     body = "\n".join(
         f"      - {{id: s{i}, collector: ssh.command, command: '{cmd}'}}" for i in range(steps)
     )

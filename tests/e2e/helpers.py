@@ -12,13 +12,22 @@ from typing import Any
 from tests.conftest import Cli
 
 
-def write_site(cli: Cli, steps: list[str], extra_config: str = "", ktype: str = "box") -> Path:
-    """A site config whose device ``local`` has KB type ``ktype`` with ``steps`` as default."""
+def write_site(
+    cli: Cli,
+    steps: list[str],
+    extra_config: str = "",
+    ktype: str = "box",
+    allow: list[str] | None = None,
+) -> Path:
+    """A site config whose device ``local`` has KB type ``ktype`` with ``steps`` as default;
+    ``allow``: patterns for the type's ``read_only.allow`` (commands beyond the defaults)."""
     kbdir = cli.cwd / "kb"
     kbdir.mkdir(exist_ok=True)
     body = "\n".join(f"      - {s}" for s in steps)
+    read_only = f"read_only: {{allow: {json.dumps(allow)}}}\n" if allow else ""
     (kbdir / f"{ktype}.yaml").write_text(
-        f"type: {ktype}\ntitle: Test box\nprofiles:\n  default:\n    title: t\n    steps:\n{body}\n"
+        f"type: {ktype}\ntitle: Test box\n{read_only}profiles:\n  default:\n    title: t\n"
+        f"    steps:\n{body}\n"
     )
     config = cli.cwd / "fieldtrace.toml"
     config.write_text(

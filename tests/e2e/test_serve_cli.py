@@ -68,3 +68,30 @@ def test_requests_and_audit_on_a_new_site(cli: Cli) -> None:
     assert "no pending request with id 'abc'" in proc.stderr
     out = cli.run("audit", "--verify", check=0).stdout
     assert "chain: intact" in out
+
+
+def test_health_steps_are_held_to_the_read_only_allow_list(cli: Cli) -> None:
+    kb = cli.cwd / "kb"
+    kb.mkdir()
+    (kb / "box.yaml").write_text(
+        "type: box\ntitle: t\nprofiles:\n  default:\n    title: t\n    steps:\n"
+        '      - {id: u, collector: local.command, command: "uname -a"}\n'
+        "health:\n  wipe:\n"
+        '    step: {collector: local.command, command: "rm -rf /var/log"}\n'
+        "    expect: {match: x}\n"
+    )
+    cfg = cli.cwd / "site.toml"
+    cfg.write_text(
+        f'[site]\ncompany = "A"\ncontract = "C"\n[kb]\npaths = ["{kb}"]\n'
+        '[[devices]]\nname = "local"\ntype = "box"\naddress = "localhost"\n'
+    )
+    proc = cli.run("-c", str(cfg), "config", "check", check=2)
+    assert "health.wipe.step.command: 'rm -rf /var/log'" in proc.stderr
+    (kb / "box.yaml").write_text((kb / "box.yaml").read_text().split("health:")[0])
+    cfg.write_text(
+        cfg.read_text() + '[[health]]\ncheck = "wipe"\ndevice = "local"\n'
+        'step = { collector = "local.command", command = "shutdown -h now" }\n'
+        'expect = { match = "x" }\n'
+    )
+    proc = cli.run("-c", str(cfg), "config", "check", check=2)
+    assert "health[0].step.command: 'shutdown -h now'" in proc.stderr

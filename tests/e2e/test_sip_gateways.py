@@ -161,7 +161,7 @@ def test_collect_by_type_fans_out_into_one_bundle(
     sip = step({**m, "steps": [s for s in m["steps"] if s["device"] == "gw1"]}, "sip")
     assert [c["status"] for c in sip["facts"]["commands"]] == ["ok", "ok", "ok"]
     assert gw1.pager_answers == 0 and gw2.pager_answers == 0  # on_open turned paging off
-    assert gw1.connections == 1 and gw1.shells == 5  # one connection, one shell per step
+    assert gw1.connections == 1 and gw1.shells == 1  # one connection, one shell for all steps
 
     # gw1 over SNMP: the system group and interface table in snmpwalk format
     system = (top / "gw1/snmp-system/system.txt").read_text()

@@ -86,6 +86,7 @@ def device_files() -> Iterator[Path]:
     )
     (d / "sip.log").write_text("".join(f"INVITE sip:{i}@example.test\n" for i in range(5000)))
     (d / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    (d / "waiting.txt").write_text("waiting\n")  # tail -f prints it, then waits forever
     for f in d.iterdir():
         f.chmod(0o644)
     try:
@@ -133,15 +134,16 @@ def test_collect_over_ssh_records_each_failure_and_leaks_no_secret(
             cli,
             devices,
             [
-                "{id: version, collector: ssh.command, command: 'uname -a; cat "
-                f"{device_files}/running.conf; cat {sshd.client_key}'}}",
+                "{id: version, collector: ssh.command, command: 'cat "
+                f"{device_files}/running.conf {sshd.client_key}'}}",
                 f"{{id: config, collector: ssh.file, path: '{device_files}/*.conf'}}",
                 f"{{id: log, collector: ssh.file, path: '{device_files}/sip.log', "
                 "max_bytes: 10KB, tail: true}",
                 f"{{id: big, collector: ssh.file, path: '{device_files}/big.bin', max_bytes: 8MB}}",
                 "{id: trace, collector: ssh.capture, interface: lo, "
                 f"filter: 'udp port {traffic.port}', duration: 2s}}",
-                "{id: hang, collector: ssh.command, command: 'echo waiting; sleep 9', timeout: 2s}",
+                "{id: hang, collector: ssh.command, command: 'tail -f "
+                f"{device_files}/waiting.txt', timeout: 2s}}",
             ],
         )
         known = [

@@ -18,7 +18,7 @@ from collectors.ssh_shell import (
 @pytest.mark.parametrize(
     ("raw", "shown"),
     [
-        ("plain line  ", "plain line"),
+        ("plain line  ", "plain line  "),  # trailing spaces the device printed are kept
         (
             " --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "interface Gi0/0/1",
             "interface Gi0/0/1",
@@ -28,6 +28,12 @@ from collectors.ssh_shell import (
         ("\x1b[7m--More--\x1b[m", "--More--"),
         ("abcdef\x1b[3Dxyz", "abcxyz"),
         ("abc\x07def", "abcdef"),
+        # the pager's erasing blanks are not output, spaces printed after them are
+        (" --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "end", "end"),
+        (" --More-- " + "\b" * 10 + " " * 10 + "\b" * 10 + "end   ", "end   "),
+        ("<--- More --->\r" + " " * 14 + "\rend  ", "end  "),
+        ("12345\r\x1b[K", ""),
+        ("a\x1b[5Gb ", "a   b "),
     ],
 )
 def test_render_line_applies_what_a_terminal_would(raw: str, shown: str) -> None:
@@ -39,10 +45,12 @@ def test_render_normalises_line_ends() -> None:
 
 
 def test_strip_echo_drops_the_typed_command_only() -> None:
-    assert _strip_echo("show version\nCisco IOS\n\n", "show version") == "Cisco IOS\n"
+    # blank lines before, inside and after the output are the device's: kept
+    assert _strip_echo("show version\n\nCisco IOS  \n\n", "show version") == "\nCisco IOS  \n\n"
     assert _strip_echo("gw1#show version\nline\n", "show version") == "line\n"
     assert _strip_echo("no echo here\n", "show version") == "no echo here\n"
     assert _strip_echo("show version\n", "show version") == ""
+    assert _strip_echo("show version", "show version") == ""
 
 
 def test_artifact_names_are_safe_and_unique() -> None:
@@ -66,9 +74,6 @@ def test_options_take_one_command_or_a_list() -> None:
     ("opts", "reason"),
     [
         ({}, "give command"),
-        ({"command": "configure terminal"}, "read-only"),
-        ({"commands": ["show version", "write memory"]}, "read-only"),
-        ({"command": "debug ccsip messages"}, "read-only"),
         ({"command": "show version\nreload"}, "one line"),
         ({"command": "  "}, "empty"),
         ({"command": "show version", "timeout": "ninety"}, "duration"),
@@ -117,3 +122,50 @@ def test_pager_prompt_is_answered_with_the_configured_answer() -> None:
     reply = ShellDriver(chan, pager_answer="\n").run("x", 1)
     assert reply.text == "a\nb\n" and reply.pages == 1
     assert chan.sent == [b"x\n", b"\n"]
+
+
+class _Transport:
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class _Client:
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+
+    def get_transport(self) -> _Transport:
+        return self.transport
+
+
+class _Chan(ScriptedChannel):
+    closed = False
+    eof_received = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_kept_shell_is_handed_back_only_while_it_is_usable() -> None:
+    from collectors.ssh import SshSession
+
+    transport = _Transport(active=True)
+    session = SshSession("gw1", _Client(transport))  # type: ignore[arg-type]
+    assert session.take_shell() is None
+    driver = ShellDriver(_Chan([]))
+    session.keep_shell(driver)
+    assert session.take_shell() is driver and session.take_shell() is None  # taken once
+    session.keep_shell(driver)
+    driver.channel.eof_received = True  # type: ignore[attr-defined]  # the device hung up
+    assert session.take_shell() is None and driver.channel.closed  # type: ignore[attr-defined]
+    fresh = ShellDriver(_Chan([]))
+    session.keep_shell(fresh)
+    transport.active = False  # the connection died between steps
+    assert session.take_shell() is None and fresh.channel.closed  # type: ignore[attr-defined]
+    last = ShellDriver(_Chan([]))
+    transport.active = True
+    session.keep_shell(last)
+    session.close()  # closing the session closes the kept shell
+    assert last.channel.closed  # type: ignore[attr-defined]

@@ -47,6 +47,7 @@ def test_background_capture_covers_the_next_steps_and_stops_before_bundling(
             f'{udp.port} 100"}}',
             '{id: after, collector: local.command, command: "sleep 0.3"}',
         ],
+        allow=[f"{sys.executable} {sender} * *"],  # not a read-only default: listed
     )
     out = collect_json(cli, check=0)
     top = open_with_stock_tools(Path(out["bundle"]), cli.home / "identity.txt", cli.cwd / "x")

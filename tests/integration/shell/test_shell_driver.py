@@ -20,8 +20,8 @@ PROMPT = r"[\w.-]+[#>] ?$"  # the shipped sip-gateway KB's prompt
 
 
 def recorded(command: str) -> str:
-    """The recorded output as the driver returns it (leading/trailing blank lines dropped)."""
-    return (RECORDED / (command.replace(" ", "_") + ".txt")).read_text().strip("\n") + "\n"
+    """The recorded output: the driver returns it exactly as the device printed it."""
+    return (RECORDED / (command.replace(" ", "_") + ".txt")).read_text()
 
 
 def logged_in(sim: CliSimulator, shell: Shell, prompt: str = PROMPT) -> ShellDriver:

@@ -89,7 +89,7 @@ def run_step(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
 
 
 def recorded(name: str) -> str:
-    return (RECORDED / name).read_text().strip("\n") + "\n"
+    return (RECORDED / name).read_text()  # kept as printed: blank lines, trailing spaces
 
 
 def test_commands_become_one_artifact_each_with_paging_off(
@@ -125,6 +125,25 @@ def test_pager_is_answered_when_the_device_keeps_paging(
     assert out.error is None
     assert out.facts["commands"][0]["pages"] == 3 == sim.pager_answers
     assert out.files["show_logging.txt"] == recorded("show_logging.txt")
+
+
+@pytest.mark.parametrize("pager_style", ["cisco", "ansi", "bracket", None])
+def test_output_is_kept_as_printed_blank_lines_and_trailing_spaces_included(
+    simulator: Sim, run_step: Callable[..., Outcome], pager_style: str | None
+) -> None:
+    # a recorded output with a leading blank line, column padding and blank lines at the
+    # end: the artifact is byte for byte what the device printed, whether the pager was
+    # off (None: the KB's terminal length 0) or answered in each style
+    sim = simulator(pager_style=pager_style or "cisco")
+    hints = None
+    if pager_style is not None:
+        hints = {"mode": "shell", "prompt": r"[\w.-]+[#>] ?$", "failure_strings": ["% Invalid"]}
+    out = run_step(sim, {"command": "show voice port summary"}, ssh_hints=hints)
+    assert out.error is None
+    text = out.files["show_voice_port_summary.txt"]
+    assert text == recorded("show_voice_port_summary.txt")
+    assert text.startswith("\n") and text.endswith("   \n\n") and "  y \n" in text
+    assert (out.facts["commands"][0]["pages"] > 0) == (pager_style is not None)
 
 
 def test_a_failure_string_fails_that_command_only(
