@@ -7,7 +7,8 @@ The plaintext archive only ever exists in memory, a few chunks at a time, betwee
 reader, the zstd workers and age; the output is written to a temp file and renamed into
 place, so a failure leaves nothing. The zstd stream is a run of independent frames (one per
 512 KiB of tar), which any zstd decoder reads as one stream.
-Openable with stock tools: ``age -d -i identity.txt B | tar --zstd -x``.
+Openable with stock tools (README: the safe form, into a new 0700 directory):
+``age -d -i identity.txt B | tar --zstd -x -k --no-same-owner --no-same-permissions -C DIR``.
 """
 
 from __future__ import annotations
@@ -662,6 +663,8 @@ class _Scan:
         one safe name shared by every member (and never used to build a destination)."""
         top, _, rel = name.partition("/")
         shown = printable(repr(name))
+        if name.startswith("/"):
+            raise _Refused(f"member {shown} is an absolute path")
         why = component_problem(top)
         if why:
             raise _Refused(f"member {shown}: its top directory {why}")
@@ -671,7 +674,7 @@ class _Scan:
             raise _Refused(f"member {shown} lies outside the top directory {self.top!r}")
         if "/" not in name:
             return ""
-        why = member_path_problem(rel)
+        why = "has an empty component" if rel.startswith("/") else member_path_problem(rel)
         if why:
             raise _Refused(f"member {shown} {why}")
         return rel
