@@ -344,9 +344,10 @@ class BundleInvalid(RuntimeFailure):
 class DecryptFailed(BundleInvalid):
     """age could not decrypt the bundle with the identities given; ``reason`` is age's."""
 
-    def __init__(self, shown: str, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"{shown}: cannot decrypt: {reason}")
+    def __init__(self, shown: str, reason: str, tail: str = "") -> None:
+        self.shown, self.reason, self.tail = shown, reason, tail
+        self.no_key = "no matching keys" in reason.lower()  # else: damaged or cut short
+        super().__init__(f"{shown}: cannot decrypt: {reason}{tail}")
 
 
 @dataclass
@@ -597,9 +598,10 @@ class _Scan:
             raise BundleInvalid(self._message(str(exc))) from None
         except (tarfile.TarError, EOFError, zstandard.ZstdError, ValueError, UnicodeError) as exc:
             self._close(quiet=True)
-            raise BundleInvalid(
-                self._message(f"not a readable bundle: {printable(exc) or type(exc).__name__}")
-            ) from None
+            why = printable(exc) or type(exc).__name__
+            if "too much memory" in why:
+                why += f" (frames may need a window of at most {ZSTD_WINDOW_MAX >> 20} MiB)"
+            raise BundleInvalid(self._message(f"not a readable bundle: {why}")) from None
         except BaseException:
             self._close(quiet=True)
             raise
@@ -615,7 +617,8 @@ class _Scan:
             reason = printable(exc) if str(exc) else type(exc).__name__
             if isinstance(exc, OSError) and exc.strerror:
                 reason = f"reading it failed: {exc.strerror}"
-            raise DecryptFailed(self.shown, reason) from None
+            tail = "; nothing was extracted" if self.tree is not None else ""
+            raise DecryptFailed(self.shown, reason, tail) from None
         if not quiet and plain._thread.is_alive():
             raise BundleInvalid(f"{self.shown}: decryption did not finish")
 

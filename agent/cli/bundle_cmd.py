@@ -149,14 +149,18 @@ def run(args: argparse.Namespace) -> int:
     except DecryptFailed as exc:
         if made and extract is not None:
             _remove_empty(extract)
-        if args.identity:
+        if not exc.no_key:
+            hint = "the file is damaged, cut short or was altered after it was encrypted"
+        elif args.identity:
             hint = f"it is not encrypted to the identity in {printable(ident_path)}"
         else:
             hint = (
                 f"it is not encrypted to this site's identity {printable(ident_path)}; "
                 "pass the vendor's identity with -i FILE"
             )
-        raise BundleInvalid(f"{exc} ({hint})") from None
+        raise BundleInvalid(
+            f"{exc.shown}: cannot decrypt: {exc.reason} ({hint}){exc.tail}"
+        ) from None
     except BaseException:
         if made and extract is not None:
             _remove_empty(extract)
