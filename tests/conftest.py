@@ -68,5 +68,8 @@ def cli(tmp_path: Path, ft_home: Path) -> Cli:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDTRACE_")}
-    env.update(FIELDTRACE_HOME=str(ft_home), PYTHONPATH=str(REPO))
+    # XDG_CONFIG_HOME: the engineer's trusted_signers lives there; never the runner's own
+    env.update(
+        FIELDTRACE_HOME=str(ft_home), PYTHONPATH=str(REPO), XDG_CONFIG_HOME=str(tmp_path / "xdg")
+    )
     return Cli(ft_home, cwd, env)
