@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(age zstd tar openssh-server openssh-client snmpd snmp tcpdump iproute2 procps
-  iptables nftables sip-tester tshark redmine redmine-sqlite time)
+  iptables nftables sip-tester tshark redmine redmine-sqlite time lintian fakeroot man-db
+  systemd python3-venv)
 missing=()
 for pkg in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

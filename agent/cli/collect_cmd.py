@@ -307,7 +307,13 @@ def _print_result(result: JobResult, home: Path, elapsed: float, vendor_recipien
         )
     ident = home / "identity.txt"
     print(f"open it:  {prog()} bundle open {_q(result.bundle)}")
-    print(f"   or:    age -d -i {_q(ident)} {_q(result.bundle)} | tar --zstd -x")
+    # stock tools, safe on a hostile file only into a new private directory (see
+    # docs/bundle-reading.md): no owners or modes from the archive, nothing overwritten
+    out = _q(Path(result.bundle.name.removesuffix(".tar.zst.age") if result.bundle else "B"))
+    print(
+        f"   or:    mkdir -m 700 {out} && age -d -i {_q(ident)} {_q(result.bundle)} | "
+        f"tar --zstd -x -k --no-same-owner --no-same-permissions -C {out}"
+    )
     print(f"signed by {result.manifest['signer']} (see '{prog()} keys show')")
 
 

@@ -88,10 +88,14 @@ def prog() -> str:
     """How to run fieldtrace again, as the user invoked it, for hints and usage lines.
 
     ``fieldtrace`` when that name on PATH is the program that runs now (the packaged
-    install, an activated virtualenv); otherwise the path that was typed, relative to the
+    install, an activated virtualenv; or ``$FIELDTRACE_PROG``, which the packaged wrapper
+    sets); otherwise the path that was typed, relative to the
     current directory when it is below it (``.venv/bin/fieldtrace`` after the README's
     first command); ``python -m agent`` as ``PYTHON -m agent``. Escaped for a shell.
     """
+    named = os.environ.get("FIELDTRACE_PROG", "")
+    if re.fullmatch(r"[\w./-]{1,200}", named):  # set by the packaged /usr/bin/fieldtrace
+        return named
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "fieldtrace"
     if argv0.endswith("__main__.py"):  # python -m agent
         python = sys.executable or "python3"
