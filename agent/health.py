@@ -47,9 +47,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.errors import pydantic_problems
+from agent.kb import _Model, _regex  # the KB's own model base and regex check
 from collectors.base import Duration
 
 if TYPE_CHECKING:
@@ -57,22 +58,7 @@ if TYPE_CHECKING:
     from agent.runner import StepResult
 
 Severity = Literal["critical", "major", "minor", "warning"]
-SEVERITIES: tuple[str, ...] = ("critical", "major", "minor", "warning")
-HOST_METRICS = ("disk_percent", "inode_percent", "memory_percent", "load_per_core")
 CHECK_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
 
 
 class HostMetric(_Model):

@@ -127,3 +127,15 @@ def hint(text: str) -> str:
 def say(*lines: str, file: Any = None) -> None:
     """print() for the CLI's human output, with command hints shown as invoked."""
     print(hint("\n".join(lines)), file=file or sys.stdout)
+
+
+def show_rows(args: argparse.Namespace, rows: list[dict[str, Any]], empty: str, line: Any) -> int:
+    """A listing: ``rows`` as JSON with ``--json``; else ``empty``, or ``line(row)`` each."""
+    if getattr(args, "json", False):
+        emit_json(rows)
+        return 0
+    if not rows:
+        print(empty)
+    for r in rows:
+        print(line(r))
+    return 0

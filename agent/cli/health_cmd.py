@@ -67,7 +67,7 @@ def _select(checks: list[Any], names: list[str]) -> list[Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from agent.cli.common import emit_json
+    from agent.cli.common import show_rows
 
     _, _, checks = _load(args)
     rows = [
@@ -76,15 +76,11 @@ def run_list(args: argparse.Namespace) -> int:
          "fail_after": c.spec.fail_after, "cooldown_s": c.spec.cooldown}
         for c in checks
     ]  # fmt: skip
-    if args.json:
-        emit_json(rows)
-        return 0
-    if not rows:
-        print("no health checks (add health: to a KB type or [[health]] to the site config)")
-    for r in rows:
-        print(f"{r['check']:<32} {r['kind']:<9} {r['severity']:<8} every {r['interval_s']:g}s"
-              f"  profile {r['profile']}  {r['title']}")  # fmt: skip
-    return 0
+    return show_rows(
+        args, rows, "no health checks (add health: to a KB type or [[health]] to the site config)",
+        lambda r: f"{r['check']:<32} {r['kind']:<9} {r['severity']:<8} every "
+        f"{r['interval_s']:g}s  profile {r['profile']}  {r['title']}",
+    )  # fmt: skip
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -124,21 +120,17 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from agent.cli.common import emit_json
+    from agent.cli.common import show_rows
     from agent.keys import home
     from agent.state import open_state
 
     st = open_state(home())
     rows = [dict(r) for r in st.query("SELECT * FROM checks ORDER BY id")]
-    if getattr(args, "json", False):
-        emit_json(rows)
-        return 0
-    if not rows:
-        print("no results yet (the service records them; 'fieldtrace health run --act' too)")
-    for r in rows:
-        print(f"{r['id']:<32} {r['state']:<7} since {_when(r['since'])}  failures "
-              f"{r['failures']}  ticket {r['ticket'] or '-'}  {r['last_message']}")  # fmt: skip
-    return 0
+    return show_rows(
+        args, rows, "no results yet (the service records them; 'fieldtrace health run --act' too)",
+        lambda r: f"{r['id']:<32} {r['state']:<7} since {_when(r['since'])}  failures "
+        f"{r['failures']}  ticket {r['ticket'] or '-'}  {r['last_message']}",
+    )  # fmt: skip
 
 
 def run_history(args: argparse.Namespace) -> int:

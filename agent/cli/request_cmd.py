@@ -90,22 +90,19 @@ def _state() -> Any:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from agent.cli.common import emit_json
+    from agent.cli.common import show_rows
 
     rows = [dict(r) for r in _state().query("SELECT * FROM requests ORDER BY received DESC")]
     for r in rows:
         r["body"] = json.loads(r["body"])
-    if args.json:
-        emit_json(rows)
-        return 0
-    if not rows:
-        print("no requests received")
-    for r in rows:
+
+    def line(r: dict[str, Any]) -> str:
         b = r["body"]
         when = datetime.fromtimestamp(r["received"], UTC).strftime("%Y-%m-%d %H:%M")
-        print(f"{r['id'][:12]}  {r['state']:<9} ticket {r['ticket']:<6} {when}  "
-              f"{b['profile']} on {' '.join(b['devices'])}  by {b['requested_by']}")  # fmt: skip
-    return 0
+        return (f"{r['id'][:12]}  {r['state']:<9} ticket {r['ticket']:<6} {when}  "
+                f"{b['profile']} on {' '.join(b['devices'])}  by {b['requested_by']}")  # fmt: skip
+
+    return show_rows(args, rows, "no requests received", line)
 
 
 def run_decide(args: argparse.Namespace) -> int:
